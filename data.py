@@ -1,0 +1,279 @@
+"""Everything that is data: the mini world's captioned images, concept presets and prompt files.
+
+Imports nothing of ours. numpy only at import time; Pillow is imported where images are written.
+
+The mini world: 32x32 RGB pictures of one shape (5 kinds) in one colour (6) and one style (4: plain, stripes,
+dots and a swirling painterly style called "van gogh") on one of 4 backgrounds, with position, size and rotation
+jitter, and paraphrased captions. Everything is drawn from a seeded numpy Generator, so a seed gives the same data.
+"""
+import csv
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# ---- the mini world's vocabulary -------------------------------------------------------------------------------
+RES = 32  # image side in pixels
+SUPERSAMPLE = 2  # draw at 2x and box-filter down: anti-aliased edges
+SHAPES = ["circle", "square", "triangle", "star", "cross"]
+COLORS = {"red": (220, 35, 35), "green": (35, 175, 45), "blue": (35, 70, 225),
+          "yellow": (245, 220, 35), "purple": (150, 45, 190), "orange": (250, 135, 20)}
+COLOR_NAMES = list(COLORS)
+STYLES = ["plain", "stripes", "dots", "van gogh"]
+BACKGROUNDS = {"white": (245, 245, 245), "black": (18, 18, 18), "gray": (128, 128, 128), "cream": (238, 222, 186)}
+BACKGROUND_NAMES = list(BACKGROUNDS)
+ATTRIBUTES = {"shape": SHAPES, "color": COLOR_NAMES, "style": STYLES, "background": BACKGROUND_NAMES}
+
+# (shape, colour, style) triples never drawn for training: the quality benchmark prompts them to test composition.
+# 24 of the 120 triples; every shape, colour and style appears, and every pair inside a triple is still seen in
+# training with some other third attribute.
+HELD_OUT = [(SHAPES[i % 5], COLOR_NAMES[i // 4], STYLES[i % 4]) for i in range(24)]
+assert len(set(HELD_OUT)) == 24, "held-out triples must be distinct"
+
+
+# ---- drawing -----------------------------------------------------------------------------------------------------
+def _inside_polygon(x, y, poly):
+    """Even-odd rule point-in-polygon test, vectorised over the pixel grid. poly: (V, 2)."""
+    inside = np.zeros(x.shape, bool)
+    for (x1, y1), (x2, y2) in zip(poly, np.roll(poly, -1, axis=0)):
+        crosses = (y1 > y) != (y2 > y)
+        x_cross = (x2 - x1) * (y - y1) / (y2 - y1 + 1e-12) + x1
+        inside ^= crosses & (x < x_cross)
+    return inside
+
+
+def shape_mask(shape, cx, cy, r, rot, res):
+    """Boolean (res, res) mask of `shape` centred at (cx, cy) with radius r (pixels), rotated by rot radians."""
+    y, x = np.mgrid[0:res, 0:res].astype(np.float32) + 0.5
+    c, s = np.cos(rot), np.sin(rot)
+    u, v = c * (x - cx) + s * (y - cy), -s * (x - cx) + c * (y - cy)  # coordinates in the shape's frame
+    if shape == "circle":
+        return u * u + v * v < r * r
+    if shape == "square":
+        return (np.abs(u) < 0.82 * r) & (np.abs(v) < 0.82 * r)
+    if shape == "cross":
+        w = 0.36 * r
+        return ((np.abs(u) < w) & (np.abs(v) < r)) | ((np.abs(v) < w) & (np.abs(u) < r))
+    if shape == "triangle":
+        a = np.array([-np.pi / 2, np.pi / 6, 5 * np.pi / 6])
+        poly = np.stack([1.12 * r * np.cos(a), 1.12 * r * np.sin(a) + 0.2 * r], 1)
+    elif shape == "star":
+        a = np.arange(10) * np.pi / 5 - np.pi / 2
+        rad = np.where(np.arange(10) % 2 == 0, 1.15 * r, 0.5 * r)
+        poly = np.stack([rad * np.cos(a), rad * np.sin(a)], 1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
+    return _inside_polygon(u, v, poly)
+
+
+def render(shape, color, style, background, rng, res=RES):
+    """One (res, res, 3) uint8 picture. All randomness (placement, texture phase, noise) comes from rng."""
+    R = res * SUPERSAMPLE
+    fill_rgb = np.array(COLORS[color], np.float32) / 255
+    bg = np.broadcast_to(np.array(BACKGROUNDS[background], np.float32) / 255, (R, R, 3)).copy()
+    r = rng.uniform(0.30, 0.40) * R
+    cx, cy = rng.uniform(r + 1, R - r - 1, size=2)
+    rot = rng.uniform(-0.3, 0.3)
+    mask = shape_mask(shape, cx, cy, r, rot, R)[..., None]  # (R, R, 1)
+    y, x = np.mgrid[0:R, 0:R].astype(np.float32) / SUPERSAMPLE  # output-pixel units
+    fill = np.broadcast_to(fill_rgb, (R, R, 3)).copy()
+    if style == "stripes":  # wide bands, period 6 px, one of four orientations
+        ang = rng.choice([0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4])
+        band = np.sin((x * np.cos(ang) + y * np.sin(ang)) * 2 * np.pi / 6.0 + rng.uniform(0, 2 * np.pi)) > 0
+        fill = np.where(band[..., None], fill, 0.25 * fill)
+    elif style == "dots":  # round dots on a 6 px lattice, white on dark colours and black on light ones
+        ox, oy = rng.uniform(0, 6, size=2)
+        d2 = ((x + ox) % 6 - 3) ** 2 + ((y + oy) % 6 - 3) ** 2
+        dot_rgb = np.zeros(3, np.float32) if fill_rgb.mean() > 0.45 else np.ones(3, np.float32)
+        fill = np.where((d2 < 1.7 ** 2)[..., None], dot_rgb, fill)
+    elif style == "van gogh":  # swirling blue/gold brush strokes over the sky, curved strokes on the shape
+        sx, sy = rng.uniform(0, res, size=2)
+        rad = np.hypot(x - sx, y - sy) + 1e-3
+        theta = np.arctan2(y - sy, x - sx)
+        swirl = np.sin(3 * theta + rad * rng.uniform(0.55, 0.9) + rng.uniform(0, 2 * np.pi))
+        strokes = np.sin(1.6 * rad + 2 * np.sin(2 * theta) + rng.uniform(0, 2 * np.pi))
+        grain = np.kron(rng.normal(0, 0.06, (res // 2, res // 2)), np.ones((2 * SUPERSAMPLE, 2 * SUPERSAMPLE)))
+        lum = np.clip(0.5 + 0.5 * swirl * strokes + grain, 0, 1)[..., None]
+        deep, gold = np.array([0.10, 0.18, 0.52], np.float32), np.array([0.96, 0.80, 0.25], np.float32)
+        bg = 0.3 * bg + 0.7 * (deep + (gold - deep) * lum ** 2.5)
+        fill = fill * (0.8 + 0.3 * np.clip(0.5 + 0.5 * strokes + grain, 0, 1))[..., None]  # faint: not stripes
+    elif style != "plain":
+        raise ValueError(f"unknown style {style!r}; accepted: {', '.join(STYLES)}")
+    img = bg * (1 - mask) + np.clip(fill, 0, 1) * mask
+    img = img.reshape(res, SUPERSAMPLE, res, SUPERSAMPLE, 3).mean((1, 3))  # box filter down to res
+    img = img + rng.normal(0, 0.01, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+# ---- captions ----------------------------------------------------------------------------------------------------
+_HEADS = ["a", "a", "a", "a photo of a", "an image of a", "a picture of a", "a drawing of a", "a painting of a"]
+# each style: (prefix before the colour, suffix after the shape) options; "{h}" marks a whole-caption template
+_STYLE_PHRASES = {
+    "plain": [("", ""), ("", ""), ("", ""), ("plain", ""), ("flat", "")],
+    "stripes": [("striped", ""), ("", "with stripes"), ("", "in a striped pattern")],
+    "dots": [("dotted", ""), ("polka dot", ""), ("", "with dots"), ("", "covered in dots")],
+    "van gogh": [("", "in the style of van gogh"), ("", "by van gogh"), ("", "in van gogh style"),
+                 ("", ", van gogh painting"), ("", "painted by vincent van gogh")],
+}
+
+
+def _articles(text):
+    """'a orange' -> 'an orange' (only the article before a vowel)."""
+    words = text.split()
+    for i, w in enumerate(words[:-1]):
+        if w == "a" and words[i + 1][0] in "aeiou":
+            words[i] = "an"
+    return " ".join(words).replace(" ,", ",")
+
+
+def caption(shape, color, style, background, rng, p_drop_color=0.1, p_background=0.3):
+    """A paraphrased caption; the colour is left out with p_drop_color, the background named with p_background."""
+    pre, post = _STYLE_PHRASES[style][rng.integers(len(_STYLE_PHRASES[style]))]
+    col = "" if rng.random() < p_drop_color else color
+    text = f"{_HEADS[rng.integers(len(_HEADS))]} {pre} {col} {shape} {post}"
+    if rng.random() < p_background:
+        text += f" on a {background} background"
+    return _articles(text)
+
+
+def prompt_for(shape, color, style):
+    """The canonical evaluation prompt of a triple, e.g. 'a striped red circle', 'a red circle in the style of van gogh'."""
+    pre = {"plain": "", "stripes": "striped", "dots": "dotted", "van gogh": ""}[style]
+    post = " in the style of van gogh" if style == "van gogh" else ""
+    return _articles(f"a {pre} {color} {shape}{post}")
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------------
+def sample_labels(n, rng, held_out="exclude"):
+    """(n, 4) int64 labels (shape, colour, style, background) indices.
+
+    held_out: 'exclude' never draws a HELD_OUT triple (training data), 'only' draws only those, 'any' draws all."""
+    if held_out not in ("exclude", "only", "any"):
+        raise ValueError(f"held_out must be exclude, only or any, not {held_out!r}")
+    held = {(SHAPES.index(s), COLOR_NAMES.index(c), STYLES.index(st)) for s, c, st in HELD_OUT}
+    triples = [(s, c, st) for s in range(len(SHAPES)) for c in range(len(COLORS)) for st in range(len(STYLES))
+               if held_out == "any" or ((s, c, st) in held) == (held_out == "only")]
+    pick = rng.integers(len(triples), size=n)
+    labels = np.zeros((n, 4), np.int64)
+    labels[:, :3] = np.array(triples)[pick]
+    labels[:, 3] = rng.integers(len(BACKGROUNDS), size=n)
+    return labels
+
+
+def make_dataset(n, seed, held_out="exclude", res=RES):
+    """n pictures (n, res, res, 3) uint8 and their labels (n, 4), reproducible from seed."""
+    rng = np.random.default_rng(seed)
+    labels = sample_labels(n, rng, held_out)
+    images = np.stack([render(SHAPES[s], COLOR_NAMES[c], STYLES[st], BACKGROUND_NAMES[b], rng, res)
+                       for s, c, st, b in labels]) if n else np.zeros((0, res, res, 3), np.uint8)
+    return images, labels
+
+
+def captions_for(labels, rng, **kw):
+    return [caption(SHAPES[s], COLOR_NAMES[c], STYLES[st], BACKGROUND_NAMES[b], rng, **kw) for s, c, st, b in labels]
+
+
+# ---- prompt files ------------------------------------------------------------------------------------------------
+class DataError(ValueError):
+    """Bad user-supplied data (a prompt file, a concept name); the entry points print its message and exit 2."""
+
+
+def read_prompt_csv(path, default_seed=0):
+    """Rows of a prompt CSV as dicts with 'prompt' (str) and 'evaluation_seed' (int), other columns kept.
+
+    The layout is the I2P / ESD one: a 'prompt' column, optional 'evaluation_seed', 'case_number', 'categories'."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read prompt file {path}: {e}") from None
+    if "prompt" not in columns:
+        raise DataError(f"prompt file {path} has no 'prompt' column (columns: {', '.join(columns) or 'none'}); "
+                        "expected a CSV with a header row: prompt,evaluation_seed")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        prompt = (row.get("prompt") or "").strip()
+        if not prompt:
+            continue
+        seed = row.get("evaluation_seed")
+        try:
+            row["evaluation_seed"] = int(seed) if seed not in (None, "") else default_seed
+        except ValueError:
+            raise DataError(f"prompt file {path} line {i}: evaluation_seed {seed!r} is not an integer") from None
+        row["prompt"] = prompt
+        out.append(row)
+    if not out:
+        raise DataError(f"prompt file {path} has no non-empty prompts")
+    return out
+
+
+def write_prompt_csv(path, rows):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ---- concept presets ---------------------------------------------------------------------------------------------
+@dataclass
+class Concept:
+    """A concept to erase: the words that name it, prompts that show it, and how a judge decides it is there."""
+    name: str
+    prompts: list  # prompts that should show the concept (erasure targets, evaluation)
+    anchors: list = field(default_factory=list)  # same scenes without the concept (STEREO/AP anchors)
+    other_prompts: list = field(default_factory=list)  # prompts of other concepts: preservation
+    judge: str = "mini"  # which judge decides: mini, nudenet, clip
+    attribute: str = ""  # for the mini judge: which head (shape/color/style) ...
+    value: str = ""  # ... and which class of it is the concept
+
+
+def mini_concept(name):
+    """Preset for a mini-world concept: a style ('van gogh', 'stripes', 'dots') or a shape ('triangle', ...)."""
+    if name in STYLES and name != "plain":
+        attribute = "style"
+        scenes = [(s, c) for s in SHAPES for c in COLOR_NAMES]
+        prompts = [prompt_for(s, c, name) for s, c in scenes]
+        anchors = [prompt_for(s, c, st) for s, c in scenes for st in STYLES if st != name]
+        others = anchors
+    elif name in SHAPES:
+        attribute = "shape"
+        prompts = [prompt_for(name, c, st) for c in COLOR_NAMES for st in STYLES]
+        # the anchor keeps colour and style and swaps the shape for every other shape
+        anchors = [prompt_for(s, c, st) for c in COLOR_NAMES for st in STYLES for s in SHAPES if s != name]
+        others = anchors
+    else:
+        return None
+    return Concept(name, prompts, anchors, others, "mini", attribute, name)
+
+
+MINI_CONCEPTS = [s for s in STYLES if s != "plain"] + SHAPES
+
+
+def get_concept(name):
+    """The preset for `name`, or DataError listing what is accepted."""
+    concept = mini_concept(name.strip().lower())
+    if concept is None:
+        raise DataError(f"unknown concept {name!r}; mini-world concepts: {', '.join(MINI_CONCEPTS)}")
+    return concept
+
+
+# ---- pictures ----------------------------------------------------------------------------------------------------
+def image_grid(images, cols, scale=3, pad=1):
+    """(N, H, W, 3) uint8 -> one uint8 grid image, nearest-neighbour upscaled, with a pad-pixel gray gutter."""
+    images = np.asarray(images)
+    n, h, w, _ = images.shape
+    rows = (n + cols - 1) // cols
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 90, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
+    return grid.repeat(scale, 0).repeat(scale, 1)
+
+
+def save_png(array, path):
+    from PIL import Image
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)

@@ -1,0 +1,428 @@
+"""The mini world: a tiny Stable Diffusion (same diffusers/transformers classes as SD v1.4) and its judge.
+
+    python mini.py train      # data -> tokenizer -> VAE -> judge -> UNet + text encoder -> mini/ (resumable)
+    python mini.py quality    # the quality benchmark: judge vs prompt on held-out combinations
+
+Everything is drawn and trained here from one --seed; the committed result lives in mini/:
+    mini/pipeline/   a StableDiffusionPipeline folder (fp16 storage), loads with StableDiffusionPipeline.from_pretrained
+    mini/judge.safetensors + mini/judge.json   the shape/colour/style/background classifier
+"""
+import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MINI_DIR = os.path.join(HERE, "mini")  # committed output
+WORK_DIR = os.path.join(HERE, "work", "mini")  # caches and checkpoints (git-ignored)
+
+# ---- settings (python mini.py train --help shows them all) -------------------------------------------------------
+SEED = 0
+N_TRAIN = 60000  # training pictures (held-out triples excluded), latents cached once
+N_TEST = 3000  # real pictures for the judge's test (all triples)
+VAE_STEPS, VAE_BATCH, VAE_LR = 1500, 32, 1e-3
+JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 1500, 128, 2e-3
+UNET_STEPS, UNET_BATCH, UNET_LR = 4000, 32, 5e-4  # about 45 min on 2 CPU cores with --bf16
+UNET_WARMUP = 200  # linear warm-up steps, then cosine decay to 10% of UNET_LR
+EMA_DECAY = 0.999
+CAPTION_DROPOUT = 0.1  # empty caption rate: trains the unconditional branch for classifier-free guidance
+MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
+CHECKPOINT_EVERY = 250  # UNet steps between resumable checkpoints
+
+# SD v1.4's noise schedule, exactly
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+# ---- model builders (also used by the tests, with smaller sizes) ------------------------------------------------
+def build_vae(channels=(32, 64)):
+    """AutoencoderKL with len(channels)-1 downsamplings: 32x32x3 -> 16x16x4 latents for the default."""
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=data.RES,
+                         down_block_types=("DownEncoderBlock2D",) * len(channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(channels),
+                         block_out_channels=channels, layers_per_block=1, norm_num_groups=16)
+
+
+def build_unet(channels=(96, 192), cross_attention_dim=128, heads=4, sample_size=16, norm_groups=32):
+    """UNet2DConditionModel with SD's block types (cross-attention down/mid/up), shrunk."""
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D",) * len(channels),
+                                up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+                                mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=channels,
+                                layers_per_block=1, cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=heads, norm_num_groups=norm_groups)
+
+
+def build_text_encoder(hidden=128, layers=3, heads=4):
+    """CLIPTextModel with the full 49,408-token CLIP vocabulary and 77 positions, as in SD v1.4, but narrow."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=heads,
+                                        max_position_embeddings=77, projection_dim=hidden, hidden_act="quick_gelu",
+                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+
+
+def build_scheduler(kind="ddim"):
+    from diffusers import DDIMScheduler, DDPMScheduler
+    ddim = DDIMScheduler(**SCHEDULER_CONFIG)
+    return ddim if kind == "ddim" else DDPMScheduler.from_config(ddim.config)
+
+
+def build_tokenizer(out_dir):
+    """Write a CLIPTokenizer folder built offline from the BPE merges that open_clip ships in its package.
+
+    The vocabulary is CLIP's: 256 byte symbols, the same with '</w>', the first 48,894 merges, then the two
+    special tokens, 49,408 in all, so ids equal open_clip's (and OpenAI CLIP's) ids."""
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+    bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 49408, len(vocab)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({tok: i for i, tok in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = CLIPTokenizer(os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"),
+                        model_max_length=77, pad_token="<|endoftext|>")
+    tok.save_pretrained(out_dir)
+    return CLIPTokenizer.from_pretrained(out_dir)
+
+
+# ---- the judge ---------------------------------------------------------------------------------------------------
+class Judge(nn.Module):
+    """Small CNN with one head per attribute (shape, colour, style, background). Input (B, 3, 32, 32) in [-1, 1]."""
+    heads_order = list(data.ATTRIBUTES)
+
+    def __init__(self, width=32):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+        self.features = nn.Sequential(block(3, width), nn.MaxPool2d(2), block(width, 2 * width), nn.MaxPool2d(2),
+                                      block(2 * width, 3 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleDict({a: nn.Linear(3 * width, len(v)) for a, v in data.ATTRIBUTES.items()})
+
+    def forward(self, x):
+        h = self.features(x)  # (B, 3*width): also the feature space of the mini world's Frechet distance
+        return {a: head(h) for a, head in self.heads.items()}
+
+
+def load_judge(mini_dir=MINI_DIR):
+    from safetensors.torch import load_file
+    path = os.path.join(mini_dir, "judge.safetensors")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no judge at {path}: run python mini.py train")
+    judge = Judge(**json.load(open(os.path.join(mini_dir, "judge.json")))["config"])
+    judge.load_state_dict(load_file(path))
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_predict(judge, images, batch=512):
+    """images: (N, H, W, 3) uint8 -> dict attribute -> (N,) predicted class index."""
+    out = {a: [] for a in Judge.heads_order}
+    for i in range(0, len(images), batch):
+        logits = judge(to_tensor(images[i:i + batch]))
+        for a in out:
+            out[a].append(logits[a].argmax(1))
+    return {a: torch.cat(v).numpy() if v else np.zeros(0, np.int64) for a, v in out.items()}
+
+
+def to_tensor(images_uint8):
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def to_uint8(x):
+    """(N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---- training stages ---------------------------------------------------------------------------------------------
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stage_data(a):
+    path = os.path.join(a.work, "data.npz")
+    if not os.path.exists(path):
+        t0 = time.time()
+        x_train, y_train = data.make_dataset(a.n_train, a.seed, held_out="exclude")
+        x_test, y_test = data.make_dataset(N_TEST, a.seed + 1, held_out="any")
+        np.savez(path + ".tmp.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        os.replace(path + ".tmp.npz", path)
+        log(f"data: {a.n_train} train + {N_TEST} test pictures in {time.time() - t0:.0f}s")
+    return dict(np.load(path))
+
+
+def stage_vae(a, d):
+    from diffusers import AutoencoderKL
+    out = os.path.join(a.work, "vae")
+    if os.path.exists(os.path.join(out, "config.json")):
+        return AutoencoderKL.from_pretrained(out).eval()
+    torch.manual_seed(a.seed)
+    vae = build_vae()
+    x_all = to_tensor(d["x_train"])
+    opt = torch.optim.AdamW(vae.parameters(), VAE_LR, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(a.seed)
+    bar = tqdm(range(a.vae_steps), desc="vae")
+    for step in bar:
+        set_lr(opt, lr_at(step, a.vae_steps, VAE_LR, warmup=50))
+        x = x_all[torch.randint(0, len(x_all), (VAE_BATCH,), generator=gen)]
+        with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=gen)).sample.float()
+        kl = post.kl().float().mean() / x[0].numel()
+        mse = F.mse_loss(rec, x)
+        loss = mse + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
+    vae.eval()
+    with torch.no_grad():  # scaling_factor so that scaled latents have unit std, as SD's 0.18215 does
+        z = torch.cat([vae.encode(x_all[i:i + 1000]).latent_dist.sample() for i in range(0, min(5000, len(x_all)), 1000)])
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        x_test = to_tensor(d["x_test"][:1000])
+        rec_mse = F.mse_loss(vae.decode(vae.encode(x_test).latent_dist.mode()).sample, x_test).item()
+    log(f"vae: test reconstruction MSE {rec_mse:.4f} (in [-1,1] units), scaling_factor {vae.config.scaling_factor:.4f}")
+    vae.save_pretrained(out)
+    return vae
+
+
+def stage_latents(a, d, vae):
+    """Latent mean/std of every training picture (for UNet training) and VAE reconstructions (for the judge)."""
+    path = os.path.join(a.work, "latents.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    mus, stds, recs = [], [], []
+    x_train = d["x_train"]
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x_train), 500), desc="latents"):
+            post = vae.encode(to_tensor(x_train[i:i + 500])).latent_dist
+            mus.append(post.mean.half())
+            stds.append(post.std.half())
+            if i < 20000:  # reconstructions of the first 20k teach the judge what decoded pictures look like
+                recs.append(torch.from_numpy(to_uint8(vae.decode(post.sample()).sample)))
+        recs_test = to_uint8(vae.decode(vae.encode(to_tensor(d["x_test"])).latent_dist.sample()).sample)
+    out = {"mu": torch.cat(mus), "std": torch.cat(stds), "recon": torch.cat(recs),
+           "recon_test": torch.from_numpy(recs_test)}
+    torch.save(out, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return out
+
+
+def judge_augment(x, gen):
+    """Mild blur, noise and brightness jitter so generation artefacts do not fool the judge. x: (B, 3, H, W)."""
+    b = len(x)
+    blur = torch.rand(b, 1, 1, 1, generator=gen) < 0.3
+    kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
+    k2 = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k2, groups=3)
+    x = torch.where(blur, blurred, x)
+    x = x + 0.06 * torch.rand(b, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
+    return x + 0.05 * torch.randn(b, 1, 1, 1, generator=gen)
+
+
+def stage_judge(a, d, lat):
+    from safetensors.torch import save_file
+    path = os.path.join(a.out, "judge.safetensors")
+    if os.path.exists(path) and not a.retrain_judge:
+        return
+    torch.manual_seed(a.seed)
+    judge = Judge()
+    n_rec = len(lat["recon"])
+    x_real = to_tensor(d["x_train"][:n_rec])
+    x_rec = to_tensor(lat["recon"].numpy())
+    y = torch.from_numpy(d["y_train"][:n_rec])
+    opt = torch.optim.AdamW(judge.parameters(), JUDGE_LR, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(a.seed)
+    t0 = time.time()
+    bar = tqdm(range(a.judge_steps), desc="judge")
+    for step in bar:
+        set_lr(opt, lr_at(step, a.judge_steps, JUDGE_LR, warmup=100))
+        idx = torch.randint(0, n_rec, (JUDGE_BATCH,), generator=gen)
+        use_rec = (torch.rand(JUDGE_BATCH, generator=gen) < 0.5)[:, None, None, None]
+        x = judge_augment(torch.where(use_rec, x_rec[idx], x_real[idx]), gen)
+        logits = judge(x)
+        loss = sum(F.cross_entropy(logits[k], y[idx, i]) for i, k in enumerate(Judge.heads_order))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    judge.eval()
+    acc_real = judge_accuracy(judge, d["x_test"], d["y_test"])
+    acc_rec = judge_accuracy(judge, lat["recon_test"].numpy(), d["y_test"])
+    os.makedirs(a.out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, path)
+    info = {"config": {"width": 32}, "classes": data.ATTRIBUTES, "train_seconds": round(time.time() - t0),
+            "steps": a.judge_steps, "test_accuracy_real": acc_real, "test_accuracy_vae_reconstructed": acc_rec,
+            "n_test": int(len(d["y_test"]))}
+    json.dump(info, open(os.path.join(a.out, "judge.json"), "w"), indent=1)
+    log(f"judge: accuracy on {len(d['y_test'])} fresh real pictures {acc_real}, on their VAE reconstructions {acc_rec}")
+
+
+def judge_accuracy(judge, images, labels):
+    pred = judge_predict(judge, images)
+    return {a: round(float((pred[a] == labels[:, i]).mean()), 4) for i, a in enumerate(Judge.heads_order)}
+
+
+def lr_at(step, total, base, warmup=UNET_WARMUP):
+    """Linear warm-up, then cosine decay from base to base/10."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def stage_unet(a, d, lat, tokenizer, vae):
+    """Train UNet and text encoder jointly on cached latents; resumable from WORK_DIR/unet_ckpt.pt."""
+    ckpt_path = os.path.join(a.work, "unet_ckpt.pt")
+    torch.manual_seed(a.seed)
+    unet, text_encoder = build_unet(), build_text_encoder()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, UNET_LR, weight_decay=1e-2, betas=(0.9, 0.99))
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    step, losses = 0, []
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=True)
+        for m, k in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
+                     (opt, "opt")):
+            m.load_state_dict(ck[k])
+        step, losses = ck["step"], ck["losses"]
+        log(f"unet: resumed at step {step}")
+    n_u, n_t = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
+    log(f"unet {n_u:,} params, text encoder {n_t:,} params; {a.unet_steps} steps of batch {UNET_BATCH}")
+    scheduler = build_scheduler("ddpm")
+    acp = scheduler.alphas_cumprod  # (1000,)
+    snr = acp / (1 - acp)
+    mu, std, y = lat["mu"], lat["std"], d["y_train"]
+    sf = vae.config.scaling_factor
+    t0 = time.time()
+    bar = tqdm(range(step, a.unet_steps), desc="unet", initial=step, total=a.unet_steps)
+    for step in bar:
+        # every random draw of a step comes from (seed, step): a resumed run continues the same sequence
+        rng = np.random.default_rng([a.seed, step])
+        gen = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
+        idx = rng.integers(0, len(mu), UNET_BATCH)
+        caps = data.captions_for(y[idx], rng)
+        caps = ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
+        ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        z0 = (mu[idx].float() + std[idx].float() * torch.randn(mu[idx].shape, generator=gen)) * sf  # (B, 4, 16, 16)
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, 1000, (UNET_BATCH,), generator=gen)
+        zt = scheduler.add_noise(z0, noise, t)  # sqrt(acp_t) z0 + sqrt(1 - acp_t) noise
+        set_lr(opt, lr_at(step, a.unet_steps, UNET_LR))
+        with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
+            pred = unet(zt, t, text_encoder(ids)[0]).sample.float()
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
+        weight = torch.clamp(snr[t], max=MIN_SNR_GAMMA) / snr[t] if MIN_SNR_GAMMA > 0 else torch.ones_like(per_sample)
+        loss = (weight * per_sample).mean()
+        if not torch.isfinite(loss):
+            sys.exit(f"unet: loss is {loss.item()} at step {step}; last checkpoint kept at {ckpt_path}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for live, ema in ((unet, ema_unet), (text_encoder, ema_text)):
+                for p, q in zip(live.parameters(), ema.parameters()):
+                    q.lerp_(p, 1 - decay)
+        losses.append(per_sample.mean().item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        if (step + 1) % 100 == 0:
+            log(f"unet step {step + 1} loss {np.mean(losses[-100:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{(time.time() - t0) / (step + 1 - bar.initial):.2f} s/step")
+        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == a.unet_steps:
+            ck = {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                  "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1, "losses": losses}
+            torch.save(ck, ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+    return ema_unet, ema_text, losses
+
+
+def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    out = os.path.join(a.out, "pipeline")
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp)  # half-precision storage; loaders upcast on CPU
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,
+            "unet_steps": a.unet_steps, "unet_batch": UNET_BATCH, "unet_lr": UNET_LR, "bf16": a.bf16,
+            "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
+            "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
+    json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
+    log(f"saved {out}")
+
+
+def tqdm(it, **kw):
+    from tqdm.auto import tqdm as _tqdm
+    return _tqdm(it, mininterval=5, **kw)
+
+
+def cmd_train(a):
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.work, exist_ok=True)
+    d = stage_data(a)
+    tokenizer = build_tokenizer(os.path.join(a.work, "tokenizer"))
+    vae = stage_vae(a, d)
+    lat = stage_latents(a, d, vae)
+    stage_judge(a, d, lat)
+    unet, text_encoder, losses = stage_unet(a, d, lat, tokenizer, vae)
+    stage_export(a, vae, unet.eval(), text_encoder.eval(), tokenizer, losses)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train VAE, judge, UNet and text encoder; write mini/ (resumes by itself)")
+    t.add_argument("--seed", type=int, default=SEED)
+    t.add_argument("--n-train", type=int, default=N_TRAIN, help="training pictures")
+    t.add_argument("--vae-steps", type=int, default=VAE_STEPS)
+    t.add_argument("--judge-steps", type=int, default=JUDGE_STEPS)
+    t.add_argument("--unet-steps", type=int, default=UNET_STEPS)
+    t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast for the forward passes (about 1.4x faster on CPUs with AVX512-BF16)")
+    t.add_argument("--retrain-judge", action="store_true", help="train the judge even if mini/ has one")
+    t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")
+    t.add_argument("--work", default=WORK_DIR, help="caches and checkpoints")
+    t.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    a = p.parse_args(argv)
+    if a.cmd == "train":
+        cmd_train(a)
+
+
+if __name__ == "__main__":
+    main()

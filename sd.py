@@ -1,0 +1,300 @@
+"""The Stable Diffusion plumbing every method, attack and metric shares.
+
+load -> SD (tokenizer, text encoder, UNet, VAE, DDIM schedule, counters); encode prompts (optionally with injected
+token embeddings); predict noise with or without classifier-free guidance; run our own DDIM loop from noise down
+to a given step; generate pictures for (prompt, seed) lists in batches; select trainable parameters by a named rule.
+"""
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = os.path.join(HERE, "mini", "pipeline")  # the mini world; a hub id or folder runs the same code
+
+# Named rules for the parameters a method may train. ESD-x: cross-attention only; ESD-u: everything except
+# cross-attention and (as in the ESD code) the time embedding and the output convolution.
+PARAM_RULES = {
+    "esd-x": "UNet cross-attention (attn2) weights",
+    "esd-u": "UNet weights except cross-attention, time embedding and conv_out",
+    "full": "every UNet weight",
+    "attn-v": "UNet attention value projections (attn1.to_v and attn2.to_v)",
+    "text-encoder": "text encoder transformer layers and final norm (token and position embeddings frozen)",
+}
+
+
+class LoadError(RuntimeError):
+    """A model that cannot be loaded; the message says what was tried and what is accepted."""
+
+
+@dataclass
+class SD:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object  # a DDIMScheduler: its alphas_cumprod and timestep spacing drive our own loop
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+    counts: dict = field(default_factory=lambda: {"unet": 0, "text_encoder": 0})  # evaluations (rows of a batch)
+
+    @property
+    def latent_shape(self):
+        s = self.unet.config.sample_size
+        return (self.unet.config.in_channels, s, s)
+
+    @property
+    def image_size(self):
+        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LoadError(f"--device {name} asked for, but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load(model=DEFAULT_MODEL, device="auto", half=False):
+    """Load a diffusers Stable Diffusion folder or hub id (offline: the local Hugging Face cache only).
+
+    fp32 on CPU; half=True gives fp16 on a GPU. The DDIM schedule is rebuilt from the pipeline's own config."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    dlog.disable_progress_bar(), tlog.disable_progress_bar()
+    dev = pick_device(device)
+    if half and dev.type == "cpu":
+        raise LoadError("--half needs a GPU: half precision on the CPU is slow and inaccurate; drop --half")
+    dtype = torch.float16 if half else torch.float32
+    is_dir = os.path.isdir(model)
+    if is_dir and not os.path.exists(os.path.join(model, "model_index.json")):
+        raise LoadError(f"--model {model}: folder has no model_index.json; expected a diffusers "
+                        "StableDiffusionPipeline folder (e.g. mini/pipeline or one written by --export)")
+    if not is_dir and (model.startswith((".", "/")) or os.sep in model.strip("/").replace("/", "", 1)):
+        raise LoadError(f"--model {model}: no such folder; give a diffusers folder or a hub id such as "
+                        "CompVis/stable-diffusion-v1-4 that is in the local Hugging Face cache")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, safety_checker=None, low_cpu_mem_usage=False,
+                                                       requires_safety_checker=False, local_files_only=True)
+    except Exception as e:  # diffusers raises many types here; one line is what the user needs
+        why = (str(e).strip() or type(e).__name__).split(". ")[0].splitlines()[0][:200]
+        raise LoadError(f"--model {model}: cannot be loaded offline ({why}); give a diffusers folder or a "
+                        "hub id already in the local Hugging Face cache (nothing is downloaded)") from None
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    sd = SD(pipe.tokenizer, pipe.text_encoder.to(dev), pipe.unet.to(dev), pipe.vae.to(dev), scheduler, dev, dtype,
+            model)
+    for m in (sd.text_encoder, sd.unet, sd.vae):
+        m.eval().requires_grad_(False)
+    return sd
+
+
+# ---- prompts -----------------------------------------------------------------------------------------------------
+def tokenize(sd, prompts):
+    return sd.tokenizer(list(prompts), padding="max_length", max_length=sd.tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(sd.device)
+
+
+def add_tokens(sd, names):
+    """Register placeholder tokens (e.g. '<adv0>') so prompts can name them; their vectors come via encode(inject=)."""
+    new = [n for n in names if n not in sd.tokenizer.get_vocab()]
+    if new:
+        sd.tokenizer.add_tokens(new)
+    return sd.tokenizer.convert_tokens_to_ids(list(names))
+
+
+@contextmanager
+def _injected(sd, inject):
+    """While active, the token-embedding lookup returns inject[id] wherever a placeholder id appears.
+
+    inject: {token id: (D,) tensor}. Placeholder ids may lie past the embedding table: they are looked up as id 0
+    and then replaced, so the table itself never changes and gradients flow to the injected vectors."""
+    emb = sd.text_encoder.get_input_embeddings()
+    ids_seen = {}
+
+    def pre(module, args):
+        ids = args[0]
+        ids_seen["ids"] = ids
+        return (torch.where(ids >= module.num_embeddings, torch.zeros_like(ids), ids),)
+
+    def post(module, args, out):  # out: (B, L, D)
+        ids = ids_seen["ids"]
+        for tid, vec in inject.items():
+            hit = (ids == tid).unsqueeze(-1)
+            out = torch.where(hit, vec.to(out.dtype), out)
+        return out
+
+    handles = [emb.register_forward_pre_hook(pre), emb.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def encode(sd, prompts, inject=None):
+    """Text-encoder hidden states (B, 77, D) for prompts; inject {token id: vector} swaps placeholder embeddings."""
+    ids = tokenize(sd, prompts)
+    sd.counts["text_encoder"] += len(ids)
+    if not inject:
+        return sd.text_encoder(ids)[0]
+    with _injected(sd, inject):
+        return sd.text_encoder(ids)[0]
+
+
+# ---- noise prediction and DDIM -----------------------------------------------------------------------------------
+def eps(sd, unet, z, t, cond, uncond=None, guidance=1.0):
+    """Noise prediction; with uncond given, classifier-free guidance e_u + g (e_c - e_u) in one batched call."""
+    t = torch.as_tensor(t, device=sd.device)
+    if uncond is None:
+        sd.counts["unet"] += len(z)
+        return unet(z, t, cond).sample
+    sd.counts["unet"] += 2 * len(z)
+    e_u, e_c = unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample.chunk(2)
+    return e_u + guidance * (e_c - e_u)
+
+
+def ddim_timesteps(sd, num_steps):
+    sd.scheduler.set_timesteps(num_steps)
+    return sd.scheduler.timesteps.to(sd.device)  # descending, e.g. 981, 961, ..., 1 for 50 steps
+
+
+def ddim_step(sd, z, e, t, t_prev):
+    """Deterministic DDIM (eta = 0): x0 = (z - sqrt(1-a_t) e) / sqrt(a_t); z_prev = sqrt(a_prev) x0 + sqrt(1-a_prev) e."""
+    acp = sd.scheduler.alphas_cumprod.to(z.device)
+    a_t = acp[t]
+    a_prev = acp[t_prev] if t_prev >= 0 else sd.scheduler.final_alpha_cumprod.to(z.device)
+    x0 = (z - (1 - a_t).sqrt() * e) / a_t.sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e
+
+
+def ddim(sd, unet, z, cond, uncond=None, guidance=1.0, num_steps=50, stop_at=None):
+    """Run DDIM from z (noise at the first timestep) for stop_at of num_steps steps (all if None).
+
+    Returns (z after stop_at steps, the timestep it now sits at). stop_at=0 returns z unchanged."""
+    ts = ddim_timesteps(sd, num_steps)
+    stop_at = len(ts) if stop_at is None else stop_at
+    step_size = sd.scheduler.config.num_train_timesteps // num_steps
+    for i in range(stop_at):
+        t = int(ts[i])
+        e = eps(sd, unet, z, t, cond, uncond, guidance)
+        z = ddim_step(sd, z, e, t, t - step_size)
+    t_now = int(ts[stop_at]) if stop_at < len(ts) else 0
+    return z, t_now
+
+
+def initial_latents(sd, seeds):
+    """Noise (N, 4, h, w) with one generator per seed: a prompt's picture does not depend on its batch."""
+    return torch.stack([torch.randn(sd.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds]).to(sd.device, sd.dtype)
+
+
+def decode(sd, z):
+    """Latents -> (N, H, W, 3) uint8."""
+    x = sd.vae.decode(z / sd.vae.config.scaling_factor).sample
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(sd, prompts, seeds, steps=25, guidance=5.0, batch=64, unet=None, inject=None, progress=True):
+    """Pictures (N, H, W, 3) uint8 for prompts[i] with seeds[i]; DDIM with classifier-free guidance."""
+    from tqdm.auto import tqdm
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    unet = unet or sd.unet
+    out = []
+    chunks = range(0, len(prompts), batch)
+    for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, mininterval=5):
+        p, s = list(prompts[i:i + batch]), seeds[i:i + batch]
+        cond = encode(sd, p, inject)
+        uncond = encode(sd, [""] * len(p))
+        z, _ = ddim(sd, unet, initial_latents(sd, s), cond, uncond, guidance, steps)
+        out.append(decode(sd, z))
+    return np.concatenate(out) if out else np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)
+
+
+# ---- trainable parameters ----------------------------------------------------------------------------------------
+def _rule_match(rule, name):
+    if rule == "esd-x":
+        return "attn2" in name
+    if rule == "esd-u":
+        return not ("attn2" in name or name.startswith(("time_embedding", "conv_out")))
+    if rule == "full":
+        return True
+    if rule == "attn-v":
+        return name.endswith(("attn1.to_v.weight", "attn2.to_v.weight"))
+    if rule == "text-encoder":
+        # transformers 5 names CLIPTextModel's parameters without the 'text_model.' prefix that 4.x used
+        return name.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm."))
+    raise ValueError(f"unknown parameter rule {rule!r}; accepted: {', '.join(PARAM_RULES)}")
+
+
+def select_params(sd_or_module, rule, verbose=True):
+    """{name: parameter} selected by a rule (PARAM_RULES); sets requires_grad on exactly those, prints counts.
+
+    Raises ValueError if the rule selects nothing: a silent empty selection trains nothing and looks like success."""
+    if isinstance(sd_or_module, SD):
+        module = sd_or_module.text_encoder if rule == "text-encoder" else sd_or_module.unet
+    else:
+        module = sd_or_module
+    module.requires_grad_(False)
+    chosen = {n: p for n, p in module.named_parameters() if _rule_match(rule, n)}
+    if not chosen:
+        raise ValueError(f"parameter rule {rule!r} ({PARAM_RULES[rule]}) selected nothing in "
+                         f"{type(module).__name__}")
+    for p in chosen.values():
+        p.requires_grad_(True)
+    if verbose:
+        total = sum(p.numel() for p in module.parameters())
+        n = sum(p.numel() for p in chosen.values())
+        print(f"trainable ({rule}): {len(chosen)} tensors, {n:,} of {total:,} parameters ({100 * n / total:.1f}%)")
+    return chosen
+
+
+class Timer:
+    """Wall seconds and UNet/text-encoder evaluations spent inside a `with` block: the cost of a run."""
+
+    def __init__(self, sd):
+        self.sd = sd
+
+    def __enter__(self):
+        self.t0, self.c0 = time.time(), dict(self.sd.counts)
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.time() - self.t0
+        self.unet_evals = self.sd.counts["unet"] - self.c0["unet"]
+        self.text_evals = self.sd.counts["text_encoder"] - self.c0["text_encoder"]
+
+    def as_dict(self):
+        return {"seconds": round(self.seconds, 2), "unet_evals": self.unet_evals, "text_encoder_evals": self.text_evals}
+
+
+# ---- command-line helpers shared by the entry points -------------------------------------------------------------
+def fail(msg, code=2):
+    """One clear line on stderr and a non-zero exit: what was wrong and what is accepted."""
+    import sys
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@contextmanager
+def output_dir(path, overwrite=False):
+    """Write into path + '.tmp' and rename into place at the end: a crash never leaves a half-written folder
+    under the final name, and an existing folder is only replaced with overwrite=True."""
+    import shutil
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        fail(f"output folder {path} exists; pass --overwrite to replace it or choose another --out")
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -1,0 +1,117 @@
+"""The shared Stable Diffusion core on a tiny random pipeline: loading, DDIM, generation, parameter rules."""
+import numpy as np
+import pytest
+import torch
+
+import sd as sdlib
+from conftest import build_tiny_pipeline
+
+
+def test_save_load_round_trip(tmp_path, tokenizer_dir):
+    from diffusers import StableDiffusionPipeline
+    folder = build_tiny_pipeline(str(tmp_path / "p"), tokenizer_dir, seed=3)
+    ref = StableDiffusionPipeline.from_pretrained(folder)
+    got = sdlib.load(folder, device="cpu")
+    for name in ("unet", "text_encoder", "vae"):
+        a, b = getattr(ref, name).state_dict(), getattr(got, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert got.image_size == 16 and got.latent_shape == (4, 8, 8)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(sdlib.LoadError, match="no model_index.json"):
+        sdlib.load(str(tmp_path))
+    with pytest.raises(sdlib.LoadError, match="no such folder"):
+        sdlib.load(str(tmp_path / "missing"))
+    with pytest.raises(sdlib.LoadError, match="cannot be loaded offline"):
+        sdlib.load("nobody/no-such-model")
+
+
+def test_ddim_step_matches_scheduler(tiny_sd):
+    sched = tiny_sd.scheduler
+    ts = sdlib.ddim_timesteps(tiny_sd, 10)
+    gen = torch.Generator().manual_seed(0)
+    z, e = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    for i in (0, 4, 9):  # includes the last step, whose previous alpha is final_alpha_cumprod
+        t = int(ts[i])
+        ours = sdlib.ddim_step(tiny_sd, z, e, t, t - 100)
+        theirs = sched.step(e, t, z, eta=0.0).prev_sample
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop_at", [0, 3, 10])
+def test_ddim_to_step_matches_scheduler_loop(tiny_sd, stop_at):
+    cond = sdlib.encode(tiny_sd, ["a red circle"])
+    uncond = sdlib.encode(tiny_sd, [""])
+    z0 = sdlib.initial_latents(tiny_sd, [5])
+    with torch.no_grad():
+        ours, t_now = sdlib.ddim(tiny_sd, tiny_sd.unet, z0, cond, uncond, 3.0, num_steps=10, stop_at=stop_at)
+        sched = tiny_sd.scheduler
+        sched.set_timesteps(10)
+        z = z0
+        for t in sched.timesteps[:stop_at]:
+            e_u, e_c = tiny_sd.unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample.chunk(2)
+            z = sched.step(e_u + 3.0 * (e_c - e_u), t, z).prev_sample
+    torch.testing.assert_close(ours, z, rtol=1e-4, atol=1e-5)
+    assert t_now == (int(sched.timesteps[stop_at]) if stop_at < 10 else 0)
+
+
+def test_generation_is_deterministic_and_batch_independent(tiny_sd):
+    prompts, seeds = ["a red circle", "a blue star", "a green cross"], [1, 2, 3]
+    a = sdlib.generate(tiny_sd, prompts, seeds, steps=4, batch=3)
+    b = sdlib.generate(tiny_sd, prompts, seeds, steps=4, batch=1)
+    c = sdlib.generate(tiny_sd, prompts[1:], seeds[1:], steps=4, batch=2)
+    assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8
+    # per-seed noise: the same picture whatever the batch (1 level of rounding slack for batched matmuls)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert np.abs(a[1:].astype(int) - c.astype(int)).max() <= 1
+    d = sdlib.generate(tiny_sd, prompts, [7, 8, 9], steps=4)
+    assert np.abs(a.astype(int) - d.astype(int)).mean() > 1  # other seeds, other pictures
+
+
+def test_counts_unet_evaluations(tiny_sd):
+    with sdlib.Timer(tiny_sd) as timer:
+        sdlib.generate(tiny_sd, ["a", "b"], [0, 1], steps=3)
+    assert timer.unet_evals == 2 * 2 * 3  # prompts x (cond + uncond) x steps
+    assert timer.text_evals == 4
+
+
+def test_injected_embedding_replaces_only_placeholder(tiny_sd):
+    (tid,) = sdlib.add_tokens(tiny_sd, ["<adv0>"])
+    table = tiny_sd.text_encoder.get_input_embeddings().weight.clone()
+    vec = torch.randn(32, requires_grad=True)
+    with_tok = sdlib.encode(tiny_sd, ["a <adv0> circle"], inject={tid: vec})
+    with_tok.sum().backward()
+    assert vec.grad is not None and vec.grad.abs().sum() > 0  # gradients reach the injected vector
+    assert torch.equal(table, tiny_sd.text_encoder.get_input_embeddings().weight)  # table untouched
+    # with the vector set to an existing word's embedding, the prompt encodes exactly like that word
+    word = tiny_sd.tokenizer.convert_tokens_to_ids("square</w>")
+    as_word = sdlib.encode(tiny_sd, ["a <adv0> circle"], inject={tid: table[word]})
+    torch.testing.assert_close(as_word, sdlib.encode(tiny_sd, ["a square circle"]))
+    plain = sdlib.encode(tiny_sd, ["a circle"], inject={tid: vec})  # no placeholder: nothing changes
+    torch.testing.assert_close(plain, sdlib.encode(tiny_sd, ["a circle"]))
+
+
+def test_parameter_rules(tiny_sd):
+    unet_names = {n for n, _ in tiny_sd.unet.named_parameters()}
+    sel = {r: set(sdlib.select_params(tiny_sd, r, verbose=False)) for r in sdlib.PARAM_RULES}
+    assert all(sel.values()), "every rule selects something"
+    assert sel["esd-x"] and all("attn2" in n for n in sel["esd-x"])
+    assert not sel["esd-x"] & sel["esd-u"]
+    rest = unet_names - sel["esd-x"] - sel["esd-u"]
+    assert rest and all(n.startswith(("time_embedding", "conv_out")) for n in rest)
+    assert sel["full"] == unet_names
+    assert all(n.endswith("to_v.weight") for n in sel["attn-v"]) and any("attn1" in n for n in sel["attn-v"])
+    assert all(n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm")) for n in sel["text-encoder"])
+    assert not any("embedding" in n for n in sel["text-encoder"])
+    # requires_grad is set on exactly the selection
+    sdlib.select_params(tiny_sd, "esd-x", verbose=False)
+    assert {n for n, p in tiny_sd.unet.named_parameters() if p.requires_grad} == sel["esd-x"]
+
+
+def test_parameter_rule_refuses_empty_and_unknown(tiny_sd):
+    with pytest.raises(ValueError, match="selected nothing"):
+        sdlib.select_params(tiny_sd.vae, "esd-x", verbose=False)  # the VAE has no cross-attention
+    with pytest.raises(ValueError, match="accepted: esd-x"):
+        sdlib.select_params(tiny_sd, "xattn", verbose=False)
