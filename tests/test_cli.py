@@ -1,0 +1,49 @@
+"""Bad input to the entry points: one clear line, non-zero exit, nothing written."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a red circle", "--model", "/no/such/folder"], "no such folder"),
+    (["--prompt", "a red circle", "--model", "nobody/no-such-model"], "cannot be loaded offline"),
+    (["--prompts", "/no/such.csv"], "cannot read prompt file"),
+    ([], "no prompts given"),
+    (["--prompt", "  "], "no prompts given"),
+])
+def test_generate_bad_input(tmp_path, args, message):
+    out = tmp_path / "out"
+    r = run("evaluate.py", "generate", "--out", str(out), *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_generate_csv_without_prompt_column(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("text\nhello\n")
+    r = run("evaluate.py", "generate", "--out", str(tmp_path / "out"), "--prompts", str(f))
+    assert r.returncode == 2 and "no 'prompt' column" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_generate_writes_pictures_and_grid(tmp_path, tiny_model):
+    f = tmp_path / "p.csv"
+    f.write_text("prompt,evaluation_seed\na red circle,3\na blue star,4\n")
+    out = tmp_path / "out"
+    r = run("evaluate.py", "generate", "--model", tiny_model, "--prompts", str(f), "--prompt", "a green cross",
+            "--num-images", "2", "--steps", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(p for p in os.listdir(out) if p.endswith(".png") and p != "grid.png")
+    assert len(pngs) == 6 and "grid.png" in os.listdir(out) and "prompts.csv" in os.listdir(out)
+    assert any(p.endswith("_s4.png") and "red_circle" in p for p in pngs)  # seed 3 and its next
+    r2 = run("evaluate.py", "generate", "--model", tiny_model, "--prompt", "x", "--out", str(out))
+    assert r2.returncode == 2 and "exists" in r2.stderr  # no silent overwrite
