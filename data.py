@@ -220,36 +220,50 @@ def write_prompt_csv(path, rows):
 # ---- concept presets ---------------------------------------------------------------------------------------------
 @dataclass
 class Concept:
-    """A concept to erase: the words that name it, prompts that show it, and how a judge decides it is there."""
+    """A concept to erase: the words that name it, prompts that show it, and how a judge decides it is there.
+
+    templates[i] is prompts[i] with the concept's words replaced by '{}': attacks put their adversarial token
+    there. guides[i] is what prompts[i] should look like once the concept is gone (UCE's guide concept)."""
     name: str
+    words: str  # the words naming the concept inside its prompts
     prompts: list  # prompts that should show the concept (erasure targets, evaluation)
-    anchors: list = field(default_factory=list)  # same scenes without the concept (STEREO/AP anchors)
+    templates: list  # the same prompts with '{}' for the concept's words
+    guides: list  # per prompt: the same scene without the concept ('' for the unconditional)
+    anchors: list = field(default_factory=list)  # other scenes without the concept (STEREO/AP anchors)
     other_prompts: list = field(default_factory=list)  # prompts of other concepts: preservation
+    other_labels: list = field(default_factory=list)  # mini world: (shape, colour, style) of each other prompt
     judge: str = "mini"  # which judge decides: mini, nudenet, clip
     attribute: str = ""  # for the mini judge: which head (shape/color/style) ...
     value: str = ""  # ... and which class of it is the concept
 
 
+STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}
+
+
 def mini_concept(name):
     """Preset for a mini-world concept: a style ('van gogh', 'stripes', 'dots') or a shape ('triangle', ...)."""
-    if name in STYLES and name != "plain":
-        attribute = "style"
+    if name in STYLE_WORDS:
         scenes = [(s, c) for s in SHAPES for c in COLOR_NAMES]
         prompts = [prompt_for(s, c, name) for s, c in scenes]
-        anchors = [prompt_for(s, c, st) for s, c in scenes for st in STYLES if st != name]
-        others = anchors
-    elif name in SHAPES:
-        attribute = "shape"
-        prompts = [prompt_for(name, c, st) for c in COLOR_NAMES for st in STYLES]
-        # the anchor keeps colour and style and swaps the shape for every other shape
-        anchors = [prompt_for(s, c, st) for c in COLOR_NAMES for st in STYLES for s in SHAPES if s != name]
-        others = anchors
-    else:
-        return None
-    return Concept(name, prompts, anchors, others, "mini", attribute, name)
+        guides = [prompt_for(s, c, "plain") for s, c in scenes]
+        labels = [(s, c, st) for s, c in scenes for st in STYLES if st != name]
+        others = [prompt_for(*t) for t in labels]
+        return Concept(name, STYLE_WORDS[name], prompts, [p.replace(STYLE_WORDS[name], "{}", 1) for p in prompts],
+                       guides, anchors=others, other_prompts=others, other_labels=labels, attribute="style",
+                       value=name)
+    if name in SHAPES:
+        scenes = [(c, st) for c in COLOR_NAMES for st in STYLES]
+        prompts = [prompt_for(name, c, st) for c, st in scenes]
+        # anchors keep colour and style and swap the shape for every other shape
+        labels = [(s, c, st) for c, st in scenes for s in SHAPES if s != name]
+        others = [prompt_for(*t) for t in labels]
+        templates = [p.replace(name, "{}", 1) for p in prompts]
+        return Concept(name, name, prompts, templates, [""] * len(prompts), anchors=others, other_prompts=others,
+                       other_labels=labels, attribute="shape", value=name)
+    return None
 
 
-MINI_CONCEPTS = [s for s in STYLES if s != "plain"] + SHAPES
+MINI_CONCEPTS = list(STYLE_WORDS) + SHAPES
 
 
 def get_concept(name):
@@ -258,6 +272,12 @@ def get_concept(name):
     if concept is None:
         raise DataError(f"unknown concept {name!r}; mini-world concepts: {', '.join(MINI_CONCEPTS)}")
     return concept
+
+
+def slug(text, n=40):
+    """'A red circle!' -> 'a_red_circle': safe in file names."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:n] or "empty"
 
 
 # ---- pictures ----------------------------------------------------------------------------------------------------

@@ -404,6 +404,75 @@ def cmd_train(a):
     stage_export(a, vae, unet.eval(), text_encoder.eval(), tokenizer, losses)
 
 
+# ---- the quality benchmark -------------------------------------------------------------------------------------
+QUALITY_SEEDS = 13  # pictures per held-out triple: 24 x 13 = 312
+QUALITY_STEPS, QUALITY_GUIDANCE = 25, 5.0
+
+
+def quality_prompts(triples, n_seeds, seed0=0):
+    rows = [(data.prompt_for(s, c, st), (s, c, st), seed0 + k) for s, c, st in triples for k in range(n_seeds)]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def confusion_markdown(true, pred, names):
+    """Markdown confusion matrix: rows = what the prompt asked for, columns = what the judge saw."""
+    m = np.zeros((len(names), len(names)), int)
+    np.add.at(m, (true, pred), 1)
+    lines = ["| asked \\ judged | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, m)]
+    return "\n".join(lines), m.tolist()
+
+
+def cmd_quality(a):
+    import sd as sdlib
+    torch.set_num_threads(a.threads)
+    try:
+        sd = sdlib.load(a.model, a.device)
+    except sdlib.LoadError as e:
+        sdlib.fail(str(e))
+    judge = load_judge(a.judge)
+    triples = data.HELD_OUT if a.set == "held-out" else [
+        t for t in ((s, c, st) for s in data.SHAPES for c in data.COLOR_NAMES for st in data.STYLES)
+        if t not in data.HELD_OUT][::4][:24]
+    prompts, labels, seeds = quality_prompts(triples, a.seeds, a.seed)
+    with sdlib.output_dir(a.out, a.overwrite) as tmp:
+        with sdlib.Timer(sd) as timer:
+            images = sdlib.generate(sd, prompts, seeds, a.steps, a.guidance, a.batch)
+        pred = judge_predict(judge, images)
+        report = [f"# Mini-world quality: {len(images)} pictures of {len(triples)} {a.set} (shape, colour, style) "
+                  f"combinations", "",
+                  f"Command: `python mini.py quality --set {a.set} --seeds {a.seeds} --seed {a.seed} --steps {a.steps} "
+                  f"--guidance {a.guidance}`; DDIM {a.steps} steps, guidance {a.guidance}, seeds {a.seed}..{a.seed + a.seeds - 1} "
+                  "per prompt.", "", "| attribute | judge agrees with the prompt |", "|---|---|"]
+        metrics = {"n_images": len(images), "set": a.set, "steps": a.steps, "guidance": a.guidance,
+                   "seconds_per_image": timer.seconds / len(images), "cost": timer.as_dict(), "accuracy": {},
+                   "confusion": {}}
+        tables = []
+        for i, attr in enumerate(["shape", "color", "style"]):
+            names = data.ATTRIBUTES[attr]
+            true = np.array([names.index(l[i]) for l in labels])
+            acc = float((pred[attr] == true).mean())
+            metrics["accuracy"][attr] = acc
+            report.append(f"| {attr} | {acc:.3f} |")
+            table, m = confusion_markdown(true, pred[attr], names)
+            metrics["confusion"][attr] = m
+            tables += ["", f"**{attr}** (rows: asked, columns: judged)", "", table]
+        vg = data.STYLES.index("van gogh")
+        asked_vg = np.array([l[2] == "van gogh" for l in labels])
+        metrics["van_gogh_rate_on_van_gogh_prompts"] = float((pred["style"][asked_vg] == vg).mean())
+        metrics["van_gogh_rate_on_other_prompts"] = float((pred["style"][~asked_vg] == vg).mean())
+        report += ["", f"Judged \"van gogh\": {metrics['van_gogh_rate_on_van_gogh_prompts']:.3f} of van gogh prompts, "
+                   f"{metrics['van_gogh_rate_on_other_prompts']:.3f} of prompts of other styles.", "",
+                   f"Sampling: {metrics['seconds_per_image']:.3f} s per picture on this machine "
+                   f"({timer.unet_evals} UNet evaluations in all, batch {a.batch}, {torch.get_num_threads()} threads)."]
+        report += tables + ["", "![grid](grid.png)", "", "Grid: one row per prompt, one column per seed."]
+        data.save_png(data.image_grid(images[: len(triples) * a.seeds], a.seeds), os.path.join(tmp, "grid.png"))
+        json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
+        open(os.path.join(tmp, "report.md"), "w").write("\n".join(report) + "\n")
+    print("\n".join(report[:10 + 3]))
+    print(f"wrote {a.out}/report.md, metrics.json, grid.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -419,9 +488,22 @@ def main(argv=None):
     t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")
     t.add_argument("--work", default=WORK_DIR, help="caches and checkpoints")
     t.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    q = sub.add_parser("quality", help="benchmark: does the judge agree with the prompt on generated pictures?")
+    q.add_argument("--model", default=os.path.join(MINI_DIR, "pipeline"))
+    q.add_argument("--judge", default=MINI_DIR, help="folder with judge.safetensors")
+    q.add_argument("--set", default="held-out", choices=["held-out", "seen"],
+                   help="held-out: the 24 triples never drawn in training; seen: 24 training triples")
+    q.add_argument("--seeds", type=int, default=QUALITY_SEEDS, help="pictures per prompt")
+    q.add_argument("--seed", type=int, default=0, help="first seed")
+    q.add_argument("--steps", type=int, default=QUALITY_STEPS)
+    q.add_argument("--guidance", type=float, default=QUALITY_GUIDANCE)
+    q.add_argument("--batch", type=int, default=104)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default=os.path.join(HERE, "results", "mini_quality"))
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     a = p.parse_args(argv)
-    if a.cmd == "train":
-        cmd_train(a)
+    {"train": cmd_train, "quality": cmd_quality}[a.cmd](a)
 
 
 if __name__ == "__main__":

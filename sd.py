@@ -60,10 +60,24 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
-def load(model=DEFAULT_MODEL, device="auto", half=False):
+def load(model=None, device="auto", half=False, weights=None):
     """Load a diffusers Stable Diffusion folder or hub id (offline: the local Hugging Face cache only).
 
+    model None means the base named by the run folder `weights`, else the mini world. With `weights` (a run
+    folder written by erase.py) its changed tensors are applied and its base is checked against `model`.
     fp32 on CPU; half=True gives fp16 on a GPU. The DDIM schedule is rebuilt from the pipeline's own config."""
+    run = read_run_config(weights) if weights else None
+    if model is None:
+        model = run["base_model"] if run else DEFAULT_MODEL
+        if run and not (os.path.isdir(model) or "/" in model):
+            raise LoadError(f"run folder {weights} names base model {model!r}, which is not here; pass --model")
+    sd = _load_pipeline(model, device, half)
+    if run:
+        apply_run(sd, weights, run)
+    return sd
+
+
+def _load_pipeline(model, device, half):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -94,6 +108,67 @@ def load(model=DEFAULT_MODEL, device="auto", half=False):
     return sd
 
 
+# ---- run folders: what an erasure changed, and how to put it back on a base model -------------------------------
+RUN_WEIGHTS = "weights.safetensors"
+
+
+def fingerprint(sd):
+    """Short hash of the base model's input convolution and token table: tells two bases apart cheaply."""
+    import hashlib
+    h = hashlib.sha256()
+    for t in (sd.unet.conv_in.weight, sd.text_encoder.get_input_embeddings().weight[:1000]):
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_run_config(run_dir):
+    import json
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(run_dir, RUN_WEIGHTS)):
+        raise LoadError(f"--weights {run_dir}: not a run folder (expected config.json and {RUN_WEIGHTS} "
+                        "written by erase.py)")
+    return json.load(open(path))
+
+
+def apply_run(sd, run_dir, run=None):
+    """Put a run's changed tensors (keys 'unet.<name>' / 'text_encoder.<name>') onto the loaded base model."""
+    from safetensors.torch import load_file
+    run = run or read_run_config(run_dir)
+    if run.get("base_fingerprint") and run["base_fingerprint"] != fingerprint(sd):
+        raise LoadError(f"run folder {run_dir} was made from base model {run['base_model']!r} "
+                        f"(fingerprint {run['base_fingerprint']}), not from {sd.name!r} ({fingerprint(sd)})")
+    tensors = load_file(os.path.join(run_dir, RUN_WEIGHTS))
+    modules = {"unet": sd.unet, "text_encoder": sd.text_encoder}
+    for key, value in tensors.items():
+        part, name = key.split(".", 1)
+        param = dict(modules[part].named_parameters()).get(name) if part in modules else None
+        if param is None or param.shape != value.shape:
+            raise LoadError(f"run folder {run_dir}: tensor {key} does not fit the base model {sd.name!r}")
+        with torch.no_grad():
+            param.copy_(value.to(param.device, param.dtype))
+    sd.name = f"{sd.name} + {run_dir}"
+    return sd
+
+
+def save_run(folder, sd, changed, config):
+    """Write a run folder: changed tensors {'unet.<name>': tensor} as safetensors and config.json."""
+    import json
+    from safetensors.torch import save_file
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in changed.items()},
+              os.path.join(folder, RUN_WEIGHTS))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def export_pipeline(sd, folder):
+    """A full diffusers StableDiffusionPipeline folder of the current (erased) model, for other tools."""
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                                   scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+
+
 # ---- prompts -----------------------------------------------------------------------------------------------------
 def tokenize(sd, prompts):
     return sd.tokenizer(list(prompts), padding="max_length", max_length=sd.tokenizer.model_max_length,
@@ -112,8 +187,9 @@ def add_tokens(sd, names):
 def _injected(sd, inject):
     """While active, the token-embedding lookup returns inject[id] wherever a placeholder id appears.
 
-    inject: {token id: (D,) tensor}. Placeholder ids may lie past the embedding table: they are looked up as id 0
-    and then replaced, so the table itself never changes and gradients flow to the injected vectors."""
+    inject: {token id: (D,) tensor, or (B, D) for one vector per prompt of the batch}. Placeholder ids may lie past
+    the embedding table: they are looked up as id 0 and then replaced, so the table itself never changes and
+    gradients flow to the injected vectors."""
     emb = sd.text_encoder.get_input_embeddings()
     ids_seen = {}
 
@@ -125,8 +201,9 @@ def _injected(sd, inject):
     def post(module, args, out):  # out: (B, L, D)
         ids = ids_seen["ids"]
         for tid, vec in inject.items():
-            hit = (ids == tid).unsqueeze(-1)
-            out = torch.where(hit, vec.to(out.dtype), out)
+            hit = (ids == tid).unsqueeze(-1)  # (B, L, 1)
+            vec = vec.to(out.dtype)
+            out = torch.where(hit, vec[:, None, :] if vec.dim() == 2 else vec, out)
         return out
 
     handles = [emb.register_forward_pre_hook(pre), emb.register_forward_hook(post)]
@@ -284,16 +361,18 @@ def fail(msg, code=2):
 
 
 @contextmanager
-def output_dir(path, overwrite=False):
+def output_dir(path, overwrite=False, resume=False):
     """Write into path + '.tmp' and rename into place at the end: a crash never leaves a half-written folder
-    under the final name, and an existing folder is only replaced with overwrite=True."""
+    under the final name, and an existing folder is only replaced with overwrite=True. With resume=True an
+    existing path + '.tmp' (a run that stopped) is kept, so its checkpoint can be picked up."""
     import shutil
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
         fail(f"output folder {path} exists; pass --overwrite to replace it or choose another --out")
     tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    if not resume:
+        shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, exist_ok=True)
     yield tmp
     if os.path.exists(path):
         shutil.rmtree(path)

@@ -1,0 +1,262 @@
+"""Erase a concept from a Stable Diffusion model; write a run folder with what changed.
+
+    python erase.py --method esd --concept "van gogh" --train-method esd-x --out runs/esd_vangogh
+    python erase.py --method uce --concept "van gogh" --out runs/uce_vangogh
+    python erase.py --method esd --concept triangle --train-method esd-u --out runs/esd_triangle
+
+A run folder holds weights.safetensors (only the changed tensors), config.json (resolved settings, seeds, base
+model and its fingerprint, cost), loss.csv and before_after.png (same seeds before and after). Every later
+command takes --weights RUN (with --model BASE, or the base the run names). --export DIR writes a full pipeline.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import data
+import losses
+import sd as sdlib
+
+# ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
+METHODS = ["esd", "uce"]
+SEED = 0
+# ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
+# small model moves faster and needs fewer steps at a larger rate.
+ESD_ITERATIONS = 200
+ESD_LR = 2e-4
+ESD_ETA = 1.0  # negative guidance: how far past "unconditional" the target pushes away from the concept
+ESD_TRAIN_METHOD = "esd-x"  # esd-x: cross-attention (style/artist); esd-u: all but cross-attention (objects, nudity)
+ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
+ESD_START_GUIDANCE = 3.0  # guidance of that partial sampling
+ESD_BATCH = 1  # prompts per step
+# UCE (Gandikota et al. 2024): one closed-form edit of every cross-attention key and value projection
+UCE_LAMBDA = 0.1  # pull toward the original weights
+UCE_ERASE_SCALE = 1.0
+UCE_PRESERVE_SCALE = 1.0
+UCE_PRESERVE = 30  # how many prompts of other concepts to preserve (0: none)
+CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
+GRID_PROMPTS = 6  # prompts per row group in before_after.png
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- ESD ---------------------------------------------------------------------------------------------------------
+def esd(sd, concept, a, state):
+    """ESD: fine-tune so that e'(x_t, c) = e(x_t, 0) - eta (e(x_t, c) - e(x_t, 0)) under the frozen original.
+
+    x_t is drawn like the paper's code: DDIM-sample the model being trained (guidance 3) from noise for a random
+    number k of its ddim_steps, and predict noise at the timestep it stops at."""
+    params = sdlib.select_params(sd, a.train_method)
+    frozen = copy.deepcopy(sd.unet).requires_grad_(False)
+    opt = torch.optim.Adam(params.values(), lr=a.lr)
+    start = load_checkpoint(state, sd.unet, opt)
+    with torch.no_grad():
+        uncond = sdlib.encode(sd, [""] * a.batch)
+        conds = torch.cat([sdlib.encode(sd, concept.prompts[i:i + 64]) for i in range(0, len(concept.prompts), 64)])
+    bar = tqdm(range(start, a.iterations), desc="esd", initial=start, total=a.iterations)
+    for step in bar:
+        gen = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # step-seeded: resume gives the same run
+        idx = torch.randint(len(conds), (a.batch,), generator=gen)
+        cond = conds[idx]  # (B, 77, D)
+        k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
+        z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
+        with torch.no_grad():
+            z, t = sdlib.ddim(sd, sd.unet, z_T, cond, uncond, a.start_guidance, a.ddim_steps, stop_at=k)
+            e_0 = sdlib.eps(sd, frozen, z, t, uncond)
+            e_c = sdlib.eps(sd, frozen, z, t, cond)
+        e_n = sdlib.eps(sd, sd.unet, z, t, cond)
+        loss = losses.esd_loss(e_n, e_0, e_c, a.eta)
+        step_or_stop(state, loss, step, opt)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        save_checkpoint(state, step, sd.unet, opt)
+    return {f"unet.{n}": p for n, p in params.items()}
+
+
+# ---- UCE ---------------------------------------------------------------------------------------------------------
+def last_token_onward(sd, prompts):
+    """Text embeddings from each prompt's last real token to the end of the 77 positions, as UCE uses them.
+
+    Returns a list of (L_i, D) tensors; causal attention puts the whole prompt's content in these positions."""
+    ids = sdlib.tokenize(sd, prompts)
+    emb = torch.cat([sdlib.encode(sd, prompts[i:i + 64]) for i in range(0, len(prompts), 64)])
+    eos = sd.tokenizer.eos_token_id
+    out = []
+    for row, e in zip(ids, emb):
+        last = int((row == eos).nonzero()[0]) - 1  # position of the last token before the first end-of-text
+        out.append(e[max(last, 1):])
+    return out
+
+
+def uce(sd, concept, a, state):
+    """UCE: W = (lam W0 + sum_e v*_e c_e^T + sum_p W0 c_p c_p^T)(lam I + sum_e c_e c_e^T + sum_p c_p c_p^T)^-1
+    for every cross-attention key and value projection, with v*_e = W0 c_guide (losses.uce_closed_form)."""
+    with torch.no_grad():
+        erase = last_token_onward(sd, concept.prompts)
+        guide = last_token_onward(sd, concept.guides)
+        pairs = [(e[:min(len(e), len(g))], g[:min(len(e), len(g))]) for e, g in zip(erase, guide)]
+        c_e = torch.cat([e for e, _ in pairs])  # (E, D) erased-concept columns
+        c_g = torch.cat([g for _, g in pairs])  # (E, D) their guides, position by position
+        rng = np.random.default_rng(a.seed)
+        keep = list(rng.choice(len(concept.other_prompts), min(a.preserve, len(concept.other_prompts)),
+                               replace=False)) if a.preserve else []
+        c_p = torch.cat(last_token_onward(sd, [concept.other_prompts[i] for i in keep])) if keep else None
+    names = [n for n in dict(sd.unet.named_parameters()) if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n]
+    if not names:
+        raise ValueError("UCE found no cross-attention key/value projections (attn2.to_k / attn2.to_v) in the UNet")
+    params = dict(sd.unet.named_parameters())
+    changed = {}
+    for n in tqdm(names, desc="uce"):
+        w0 = params[n].detach()
+        v_target = c_g @ w0.T  # (E, out): v* = W0 c_guide
+        w = losses.uce_closed_form(w0, c_e, v_target, c_p, a.uce_lambda, a.erase_scale, a.preserve_scale)
+        with torch.no_grad():
+            params[n].copy_(w.to(w0.dtype))
+        changed[f"unet.{n}"] = params[n]
+    state["log"].append({"step": 0, "loss": float("nan"), "columns_erase": len(c_e),
+                         "columns_preserve": 0 if c_p is None else len(c_p)})
+    print(f"uce: edited {len(names)} projections with {len(c_e)} erase and "
+          f"{0 if c_p is None else len(c_p)} preserve columns")
+    return changed
+
+
+# ---- shared: checkpoints, NaN guard, grids -----------------------------------------------------------------------
+def load_checkpoint(state, module, opt):
+    path = os.path.join(state["dir"], "checkpoint.pt")
+    if not os.path.exists(path):
+        return 0
+    ck = torch.load(path, weights_only=True, map_location="cpu")
+    module.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    state["log"] = ck["log"]
+    log(f"resumed from {path} at iteration {ck['step']}")
+    return ck["step"]
+
+
+def save_checkpoint(state, step, module, opt, force=False):
+    if (step + 1) % state["every"] and not force:
+        return
+    path = os.path.join(state["dir"], "checkpoint.pt")
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    ck = {"model": {n: t for n, t in module.state_dict().items() if n in trainable}, "opt": opt.state_dict(),
+          "step": step + 1, "log": state["log"]}
+    torch.save(ck, path + ".part")
+    os.replace(path + ".part", path)
+
+
+class NaNLoss(RuntimeError):
+    pass
+
+
+def step_or_stop(state, loss, step, opt):
+    """Backward and step, unless the loss is not finite: then stop with the last good state kept on disk."""
+    if not torch.isfinite(loss):
+        raise NaNLoss(f"loss is {loss.item()} at iteration {step}; the last checkpoint is kept in {state['dir']} "
+                      "(lower --lr and rerun with --resume)")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    state["log"].append({"step": step, "loss": round(loss.item(), 6)})
+
+
+def before_after_prompts(concept, n=GRID_PROMPTS):
+    step = max(1, len(concept.prompts) // n)
+    ostep = max(1, len(concept.other_prompts) // n)
+    return concept.prompts[::step][:n], concept.other_prompts[::ostep][:n]
+
+
+def tqdm(it, **kw):
+    from tqdm.auto import tqdm as _tqdm
+    return _tqdm(it, mininterval=5, **kw)
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    p.add_argument("--out", help="run folder (default runs/<method>_<concept>)")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--model", default=None, help="base model: diffusers folder or hub id (default: mini world)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--half", action="store_true", help="fp16 (GPU only)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from <out>.tmp/checkpoint.pt")
+    p.add_argument("--export", help="also write a full diffusers pipeline folder of the erased model here")
+    p.add_argument("--grid-seeds", type=int, default=2, help="pictures per prompt in before_after.png")
+    g = p.add_argument_group("ESD")
+    g.add_argument("--train-method", default=ESD_TRAIN_METHOD, choices=list(sdlib.PARAM_RULES))
+    g.add_argument("--iterations", type=int, default=ESD_ITERATIONS)
+    g.add_argument("--lr", type=float, default=ESD_LR)
+    g.add_argument("--eta", type=float, default=ESD_ETA, help="negative guidance scale")
+    g.add_argument("--ddim-steps", type=int, default=ESD_DDIM_STEPS)
+    g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
+    g.add_argument("--batch", type=int, default=ESD_BATCH)
+    g = p.add_argument_group("UCE")
+    g.add_argument("--uce-lambda", type=float, default=UCE_LAMBDA)
+    g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
+    g.add_argument("--preserve-scale", type=float, default=UCE_PRESERVE_SCALE)
+    g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
+    a = p.parse_args(argv)
+    for name in ("iterations", "ddim_steps", "batch"):
+        if getattr(a, name) < 1:
+            sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
+    return a
+
+
+def main(argv=None):
+    a = parse(argv)
+    try:
+        concept = data.get_concept(a.concept)
+    except data.DataError as e:
+        sdlib.fail(str(e))
+    a.out = a.out or os.path.join("runs", f"{a.method}_{data.slug(concept.name)}")
+    try:
+        sd = sdlib.load(a.model, a.device, a.half)
+    except sdlib.LoadError as e:
+        sdlib.fail(str(e))
+    torch.manual_seed(a.seed)
+    before_prompts, other_prompts = before_after_prompts(concept)
+    grid_prompts = [p for p in before_prompts + other_prompts for _ in range(a.grid_seeds)]
+    grid_seeds = [a.seed + k for _ in before_prompts + other_prompts for k in range(a.grid_seeds)]
+    base_fp = sdlib.fingerprint(sd)
+    with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
+        before = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
+        state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
+        try:
+            with sdlib.Timer(sd) as timer:
+                changed = {"esd": esd, "uce": uce}[a.method](sd, concept, a, state)
+        except NaNLoss as e:
+            sdlib.fail(str(e), code=3)
+        after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
+        n = len(before_prompts) * a.grid_seeds
+        rows = [before[:n], after[:n], before[n:], after[n:]]
+        data.save_png(data.image_grid(np.concatenate(rows), n), os.path.join(tmp, "before_after.png"))
+        settings = {k: v for k, v in vars(a).items()}
+        config = {"method": a.method, "concept": concept.name, "base_model": sd.name, "base_fingerprint": base_fp,
+                  "seed": a.seed, "settings": settings, "cost": timer.as_dict(),
+                  "changed": sorted(changed), "before_after_rows": ["concept: before", "concept: after",
+                                                                    "other: before", "other: after"],
+                  "before_after_prompts": before_prompts + other_prompts}
+        sdlib.save_run(tmp, sd, changed, config)
+        with open(os.path.join(tmp, "loss.csv"), "w") as f:
+            keys = list(dict.fromkeys(k for r in state["log"] for k in r))
+            f.write(",".join(keys) + "\n" + "".join(",".join(str(r.get(k, "")) for k in keys) + "\n"
+                                                    for r in state["log"]))
+        ck = os.path.join(tmp, "checkpoint.pt")
+        if os.path.exists(ck):
+            os.remove(ck)
+    if a.export:
+        sdlib.export_pipeline(sd, a.export)
+    log(f"{a.method} erased {concept.name!r}: {len(changed)} tensors changed, {timer.seconds:.0f}s, "
+        f"{timer.unet_evals} UNet evaluations -> {a.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Objectives as pure tensor functions, one per paper. Noise predictions are (B, 4, h, w) unless stated.
+
+All losses here are in epsilon (noise) space, as in the papers they come from.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def esd_target(e_uncond, e_concept, eta):
+    """ESD (Gandikota et al. 2023), eq. 2: e*(x_t, c) = e(x_t, 0) - eta * (e(x_t, c) - e(x_t, 0)), frozen model."""
+    return e_uncond - eta * (e_concept - e_uncond)
+
+
+def esd_loss(e_trained, e_uncond, e_concept, eta):
+    """ESD: || e_theta'(x_t, c) - [e(x_t, 0) - eta (e(x_t, c) - e(x_t, 0))] ||^2 (mean over elements)."""
+    return F.mse_loss(e_trained, esd_target(e_uncond, e_concept, eta).detach())
+
+
+def denoising_loss(e_pred, noise):
+    """DDPM / textual inversion (Gal et al. 2023), used by CCE and UnlearnDiff: || e_theta(z_t, t, c) - e ||^2."""
+    return F.mse_loss(e_pred, noise)
+
+
+def uce_closed_form(w0, c_erase, v_target, c_preserve=None, lam=0.1, erase_scale=1.0, preserve_scale=1.0):
+    """UCE (Gandikota et al. 2024), closed form of one projection W (out x in):
+
+        W = (lam W0 + s_e sum_e v*_e c_e^T + s_p sum_p W0 c_p c_p^T) (lam I + s_e sum_e c_e c_e^T + s_p sum_p c_p c_p^T)^-1
+
+    It minimises s_e sum_e ||W c_e - v*_e||^2 + s_p sum_p ||W c_p - W0 c_p||^2 + lam ||W - W0||_F^2.
+    c_erase: (E, in) erased-concept embeddings; v_target: (E, out) their targets (v* = W0 c_guide);
+    c_preserve: (P, in) or None."""
+    w0 = w0.double()
+    c_erase, v_target = c_erase.double(), v_target.double()
+    d_in = w0.shape[1]
+    lhs = lam * w0 + erase_scale * v_target.T @ c_erase  # (out, in)
+    rhs = lam * torch.eye(d_in, dtype=w0.dtype, device=w0.device) + erase_scale * c_erase.T @ c_erase  # (in, in)
+    if c_preserve is not None and len(c_preserve):
+        c_p = c_preserve.double()
+        lhs = lhs + preserve_scale * (w0 @ c_p.T) @ c_p
+        rhs = rhs + preserve_scale * c_p.T @ c_p
+    # W rhs = lhs  <=>  rhs^T W^T = lhs^T ; rhs is symmetric
+    return torch.linalg.solve(rhs, lhs.T).T
+
+
+def project_simplex(v):
+    """Euclidean projection of each row of v (..., n) onto the probability simplex (Duchi et al. 2008).
+
+    UnlearnDiff keeps its relaxed one-hot token rows on the simplex with this after every step."""
+    n = v.shape[-1]
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    css = u.cumsum(-1) - 1
+    k = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
+    cond = u - css / k > 0
+    rho = cond.to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last index where cond holds
+    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return torch.clamp(v - theta, min=0)
+
+
+def straight_through_one_hot(probs):
+    """Forward: the one-hot of each row's argmax; backward: the gradient of probs (straight-through)."""
+    hard = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+    return hard + probs - probs.detach()
