@@ -132,7 +132,9 @@ def load_checkpoint(state, module, opt):
     if not os.path.exists(path):
         return 0
     ck = torch.load(path, weights_only=True, map_location="cpu")
-    module.load_state_dict(ck["model"])
+    missing, unexpected = module.load_state_dict(ck["model"], strict=False)  # holds the trained tensors only
+    if unexpected or len(missing) + len(ck["model"]) != len(module.state_dict()):
+        raise RuntimeError(f"checkpoint {path} does not fit this model; delete it or drop --resume")
     opt.load_state_dict(ck["opt"])
     state["log"] = ck["log"]
     log(f"resumed from {path} at iteration {ck['step']}")

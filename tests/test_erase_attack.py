@@ -1,0 +1,186 @@
+"""Every method and attack runs end to end on a tiny random model, changes only what it should, and its outputs
+round-trip; bad input gets one clear line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import attack
+import data
+import erase
+import sd as sdlib
+from conftest import ROOT, build_tiny_pipeline
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def changed_names(before, module):
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p)}
+
+
+def esd_args(*extra):
+    return erase.parse(["--method", "esd", "--concept", "van gogh", "--ddim-steps", "4", *extra])
+
+
+@pytest.mark.parametrize("rule", ["esd-x", "esd-u"])
+def test_esd_changes_only_selected_parameters(tiny_sd, tmp_path, rule):
+    before = snapshot(tiny_sd.unet)
+    a = esd_args("--iterations", "2", "--train-method", rule, "--lr", "1e-2")
+    state = {"dir": str(tmp_path), "every": 100, "log": []}
+    changed = erase.esd(tiny_sd, data.get_concept("van gogh"), a, state)
+    moved = changed_names(before, tiny_sd.unet)
+    assert moved and moved <= {k.split(".", 1)[1] for k in changed}
+    assert moved <= set(sdlib.select_params(tiny_sd, rule, verbose=False))
+    assert len(state["log"]) == 2 and all(np.isfinite(r["loss"]) for r in state["log"])
+
+
+def test_esd_resume_is_bit_identical(tiny_model, tmp_path):
+    concept = data.get_concept("van gogh")
+    full = sdlib.load(tiny_model, "cpu")
+    erase.esd(full, concept, esd_args("--iterations", "4"), {"dir": str(tmp_path / "a"), "every": 100, "log": []})
+    os.makedirs(tmp_path / "b")
+    part = sdlib.load(tiny_model, "cpu")  # stopped after 2 iterations (checkpoint every iteration) ...
+    state = {"dir": str(tmp_path / "b"), "every": 1, "log": []}
+    erase.esd(part, concept, esd_args("--iterations", "2"), state)
+    resumed = sdlib.load(tiny_model, "cpu")  # ... and a fresh process picks it up
+    erase.esd(resumed, concept, esd_args("--iterations", "4"), {"dir": str(tmp_path / "b"), "every": 1, "log": []})
+    for (n, p), q in zip(full.unet.named_parameters(), resumed.unet.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_uce_edits_only_cross_attention_keys_and_values(tiny_sd, tmp_path):
+    before = snapshot(tiny_sd.unet)
+    a = erase.parse(["--method", "uce", "--concept", "triangle"])
+    changed = erase.uce(tiny_sd, data.get_concept("triangle"), a, {"dir": str(tmp_path), "log": []})
+    moved = changed_names(before, tiny_sd.unet)
+    assert moved == {k.split(".", 1)[1] for k in changed}
+    assert moved and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in moved)
+
+
+def test_run_folder_round_trip_and_export(tiny_model, tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    r = run("erase.py", "--method", "esd", "--concept", "triangle", "--model", tiny_model, "--iterations", "2",
+            "--ddim-steps", "3", "--lr", "1e-2", "--out", str(out), "--export", str(export), "--grid-seeds", "1")
+    assert r.returncode == 0, r.stderr
+    assert {"weights.safetensors", "config.json", "loss.csv", "before_after.png"} <= set(os.listdir(out))
+    config = json.load(open(out / "config.json"))
+    assert config["settings"]["train_method"] == "esd-x" and config["cost"]["unet_evals"] > 0
+    tensors = load_file(str(out / "weights.safetensors"))
+    reloaded = sdlib.load(weights=str(out))  # the run folder alone names its base
+    params = dict(reloaded.unet.named_parameters())
+    for key, value in tensors.items():
+        assert torch.equal(params[key.split(".", 1)[1]], value)
+    base = sdlib.load(tiny_model)
+    assert any(not torch.equal(dict(base.unet.named_parameters())[k.split(".", 1)[1]], v) for k, v in tensors.items())
+    exported = sdlib.load(str(export))  # the full pipeline export equals base + weights
+    for (n, p), q in zip(exported.unet.named_parameters(), reloaded.unet.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_run_folder_refuses_another_base(tiny_model, tokenizer_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run("erase.py", "--method", "uce", "--concept", "triangle", "--model", tiny_model, "--out", str(out),
+            "--grid-seeds", "1")
+    assert r.returncode == 0, r.stderr
+    other = build_tiny_pipeline(str(tmp_path / "other"), tokenizer_dir, seed=9)
+    with pytest.raises(sdlib.LoadError, match="was made from base model"):
+        sdlib.load(other, weights=str(out))
+    r = run("evaluate.py", "generate", "--prompt", "x", "--model", other, "--weights", str(out),
+            "--out", str(tmp_path / "g"))
+    assert r.returncode == 2 and "was made from base model" in r.stderr and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "esd", "--concept", "picasso"], "unknown concept 'picasso'; mini-world concepts"),
+    (["--method", "forget", "--concept", "triangle"], "invalid choice: 'forget'"),
+    (["--method", "esd", "--concept", "triangle", "--train-method", "xattn"], "invalid choice: 'xattn'"),
+    (["--method", "esd", "--concept", "triangle", "--iterations", "0"], "--iterations must be at least 1"),
+])
+def test_erase_bad_input(tmp_path, tiny_model, args, message):
+    out = tmp_path / "run"
+    r = run("erase.py", *args, "--model", tiny_model, "--out", str(out))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_nan_loss_stops_with_last_state_kept(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    r = run("erase.py", "--method", "esd", "--concept", "triangle", "--model", tiny_model, "--iterations", "5",
+            "--ddim-steps", "2", "--lr", "1e30", "--out", str(out), "--grid-seeds", "1")
+    assert r.returncode == 3 and "at iteration" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()  # nothing written under the final name
+
+
+def test_existing_run_is_not_overwritten(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = run("erase.py", "--method", "uce", "--concept", "triangle", "--model", tiny_model, "--out", str(out))
+    assert r.returncode == 2 and "--overwrite" in r.stderr and (out / "keep.txt").read_text() == "mine"
+
+
+def test_success_rates_count_pre_attack_successes():
+    pre = [1, 0, 0, 0, 1]
+    hit = [0, 1, 0, 0, 1]
+    assert attack.success_rates(pre, hit) == {"asr": 0.6, "pre_asr": 0.4, "attack_only_rate": 0.4}
+
+
+def test_cce_trains_only_the_new_vectors(tiny_sd):
+    table = tiny_sd.text_encoder.get_input_embeddings().weight.clone()
+    before = snapshot(tiny_sd.unet)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, 4, 8, 8, generator=g)
+    learned = attack.textual_inversion(tiny_sd, latents, ["a red circle in the style of {}"] * 4, ["<cce0>"],
+                                       "style", steps=2, lr=0.1, batch=2, seed=0)
+    init = table[tiny_sd.tokenizer("style", add_special_tokens=False).input_ids[0]]
+    assert not torch.equal(learned["<cce0>"], init)  # the new row moved ...
+    assert torch.equal(table, tiny_sd.text_encoder.get_input_embeddings().weight)  # ... no other row did
+    assert not changed_names(before, tiny_sd.unet)  # and the model is untouched
+
+
+@pytest.mark.parametrize("which", ["cce", "unlearndiff"])
+def test_attacks_run_end_to_end(tiny_model, tmp_path, which):
+    run_dir = tmp_path / "run"
+    r = run("erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model, "--out", str(run_dir),
+            "--grid-seeds", "1")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / which
+    extra = {"cce": ["--steps", "2", "--num-images", "4", "--batch", "2"],
+             "unlearndiff": ["--timesteps", "2", "--iters-per-t", "1", "--check-every", "1"]}[which]
+    r = run("attack.py", "--attack", which, "--concept", "van gogh", "--weights", str(run_dir), "--out", str(out),
+            "--num-targets", "3", "--eval-steps", "2", *extra)
+    assert r.returncode == 0, r.stderr
+    m = json.load(open(out / "metrics.json"))
+    assert m["n_targets"] == 3 and 0 <= m["pre_asr"] <= m["asr"] <= 1
+    rows = data.read_prompt_csv(str(out / "results.csv"))
+    assert len(rows) == 3 and all(r["adversarial_prompt"] for r in rows)
+    assert load_file(str(out / "embeddings.safetensors"))
+    r = run("evaluate.py", "evaluate", "--concept", "van gogh", "--weights", str(run_dir), "--attacks", str(out),
+            "--out", str(tmp_path / "eval"), "--num-seeds", "1", "--num-other", "4", "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    m = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert which in m["attacks"] and 0 <= m["concept_rate"] <= 1 and m["frechet_distance"] >= 0
+
+
+def test_unlearndiff_returns_discrete_prefix_tokens(tiny_sd):
+    a = attack.parse(["--attack", "unlearndiff", "--concept", "van gogh", "--out", "x", "--timesteps", "1",
+                      "--iters-per-t", "2", "--eval-steps", "1", "--prefix", "2"])
+    targets = [("a red circle in the style of van gogh", 0), ("a blue star in the style of van gogh", 1)]
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    never = lambda ims: np.zeros(len(ims), bool)  # noqa: E731  a judge that never sees the concept
+    prompts, out, hit, learned = attack.unlearndiff(tiny_sd, images, data.get_concept("van gogh"), targets, never, a)
+    ids = learned["prefix_token_ids"]
+    assert ids.shape == (2, 2) and len(prompts) == 2 and out.shape == (2, 16, 16, 3)
+    assert (ids < tiny_sd.tokenizer.bos_token_id).all()  # real vocabulary tokens, never the special ones
+    assert all(p.endswith(t[0]) for p, t in zip(prompts, targets))
