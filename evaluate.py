@@ -273,6 +273,20 @@ def report_table(rows, attacks=("cce", "unlearndiff")):
     return "\n".join(lines)
 
 
+def cmd_table(a):
+    """One Markdown table from several `evaluate` output folders (labels default to the folder names)."""
+    labels = a.labels or [os.path.basename(os.path.normpath(d)) for d in a.evals]
+    if len(labels) != len(a.evals):
+        sdlib.fail(f"{len(a.evals)} folders but {len(labels)} labels")
+    rows = []
+    for d, label in zip(a.evals, labels):
+        path = os.path.join(d, "metrics.json")
+        if not os.path.exists(path):
+            sdlib.fail(f"{d} has no metrics.json: run python evaluate.py evaluate --out {d} first")
+        rows.append(dict(json.load(open(path)), label=label))
+    print(report_table(rows))
+
+
 def add_model_args(p):
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the run's base, else mini)")
     p.add_argument("--weights", default=None, help="run folder written by erase.py")
@@ -309,6 +323,10 @@ def main(argv=None):
     add_model_args(e)
     add_judge_args(e)
     e.set_defaults(func=cmd_evaluate)
+    t = sub.add_parser("table", help="one Markdown table from several evaluate output folders")
+    t.add_argument("evals", nargs="+", help="folders written by evaluate.py evaluate")
+    t.add_argument("--labels", nargs="*", help="row labels, one per folder")
+    t.set_defaults(func=cmd_table)
     a = p.parse_args(argv)
     if getattr(a, "num_images", 1) < 1 or getattr(a, "steps", 1) < 1 or getattr(a, "batch", 1) < 1:
         sdlib.fail("--num-images, --steps and --batch must be at least 1")
