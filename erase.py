@@ -58,25 +58,38 @@ def esd(sd, concept, a, state):
     opt = torch.optim.Adam(params.values(), lr=a.lr)
     start = load_checkpoint(state, sd.unet, opt)
     with torch.no_grad():
-        uncond = sdlib.encode(sd, [""] * a.batch)
         conds = torch.cat([sdlib.encode(sd, concept.prompts[i:i + 64]) for i in range(0, len(concept.prompts), 64)])
-    bar = tqdm(range(start, a.iterations), desc="esd", initial=start, total=a.iterations)
+
+    def prompt(gen):  # the erase prompts of this step: (B, 77, D)
+        return conds[torch.randint(len(conds), (a.batch,), generator=gen)]
+
+    def target(cond, z, t, uncond):
+        return losses.esd_target(sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond), a.eta)
+
+    esd_loop(sd, opt, prompt, target, start, a.iterations, a, state, "esd")
+    return {f"unet.{n}": p for n, p in params.items()}
+
+
+def esd_loop(sd, opt, prompt_fn, target_fn, start, iterations, a, state, desc, seed_offset=0):
+    """The loop ESD and STEREO share: draw the step's prompt, sample x_t by partial DDIM of the model being
+    trained (guided by that prompt), take the target from the frozen model, regress the trained model onto it.
+
+    prompt_fn(gen) -> cond (B, 77, D); target_fn(cond, z, t, uncond) -> target (B, 4, h, w) (under no_grad)."""
+    with torch.no_grad():
+        uncond = sdlib.encode(sd, [""] * a.batch)
+    bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations)
     for step in bar:
-        gen = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # step-seeded: resume gives the same run
-        idx = torch.randint(len(conds), (a.batch,), generator=gen)
-        cond = conds[idx]  # (B, 77, D)
-        k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
-        z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
+        gen = torch.Generator().manual_seed(a.seed * 1_000_003 + seed_offset + step)  # resume gives the same run
         with torch.no_grad():
+            cond = prompt_fn(gen)
+            k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
+            z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
             z, t = sdlib.ddim(sd, sd.unet, z_T, cond, uncond, a.start_guidance, a.ddim_steps, stop_at=k)
-            e_0 = sdlib.eps(sd, frozen, z, t, uncond)
-            e_c = sdlib.eps(sd, frozen, z, t, cond)
-        e_n = sdlib.eps(sd, sd.unet, z, t, cond)
-        loss = losses.esd_loss(e_n, e_0, e_c, a.eta)
+            tgt = target_fn(cond, z, t, uncond)
+        loss = torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, cond), tgt)
         step_or_stop(state, loss, step, opt)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         save_checkpoint(state, step, sd.unet, opt)
-    return {f"unet.{n}": p for n, p in params.items()}
 
 
 # ---- UCE ---------------------------------------------------------------------------------------------------------
@@ -241,7 +254,8 @@ def main(argv=None):
         rows = [before[:n], after[:n], before[n:], after[n:]]
         data.save_png(data.image_grid(np.concatenate(rows), n), os.path.join(tmp, "before_after.png"))
         settings = {k: v for k, v in vars(a).items()}
-        config = {"method": a.method, "concept": concept.name, "base_model": sd.name, "base_fingerprint": base_fp,
+        config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
+                  "base_fingerprint": base_fp,
                   "seed": a.seed, "settings": settings, "cost": timer.as_dict(),
                   "changed": sorted(changed), "before_after_rows": ["concept: before", "concept: after",
                                                                     "other: before", "other: after"],

@@ -467,6 +467,12 @@ def cmd_quality(a):
                    f"({timer.unet_evals} UNet evaluations in all, batch {a.batch}, {torch.get_num_threads()} threads)."]
         report += tables + ["", "![grid](grid.png)", "", "Grid: one row per prompt, one column per seed."]
         data.save_png(data.image_grid(images[: len(triples) * a.seeds], a.seeds), os.path.join(tmp, "grid.png"))
+        # the README's picture: 12 combinations as columns; two rows of real pictures, two of generated ones
+        rng = np.random.default_rng(a.seed + 99)
+        cols = list(range(0, len(triples), 2))[:12]
+        real = [data.render(*triples[j], data.BACKGROUND_NAMES[rng.integers(4)], rng) for _ in range(2) for j in cols]
+        gen = [images[j * a.seeds + k] for k in range(min(2, a.seeds)) for j in cols]
+        data.save_png(data.image_grid(np.stack(real + gen), len(cols), scale=4), os.path.join(tmp, "real_vs_generated.png"))
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
         open(os.path.join(tmp, "report.md"), "w").write("\n".join(report) + "\n")
     print("\n".join(report[:10 + 3]))

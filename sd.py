@@ -69,8 +69,8 @@ def load(model=None, device="auto", half=False, weights=None):
     run = read_run_config(weights) if weights else None
     if model is None:
         model = run["base_model"] if run else DEFAULT_MODEL
-        if run and not (os.path.isdir(model) or "/" in model):
-            raise LoadError(f"run folder {weights} names base model {model!r}, which is not here; pass --model")
+        if not os.path.isabs(model) and os.path.isdir(os.path.join(HERE, model)):
+            model = os.path.join(HERE, model)  # runs name bases inside this repository relative to it
     sd = _load_pipeline(model, device, half)
     if run:
         apply_run(sd, weights, run)
@@ -148,6 +148,14 @@ def apply_run(sd, run_dir, run=None):
             param.copy_(value.to(param.device, param.dtype))
     sd.name = f"{sd.name} + {run_dir}"
     return sd
+
+
+def portable_name(model):
+    """A base model's name as a run folder records it: relative to this repository when it lies inside it."""
+    path = os.path.abspath(model)
+    if os.path.isdir(path) and os.path.commonpath([path, HERE]) == HERE:
+        return os.path.relpath(path, HERE)
+    return model
 
 
 def save_run(folder, sd, changed, config):
