@@ -229,7 +229,8 @@ class Concept:
     prompts: list  # prompts that should show the concept (erasure targets, evaluation)
     templates: list  # the same prompts with '{}' for the concept's words
     guides: list  # per prompt: the same scene without the concept ('' for the unconditional)
-    anchors: list = field(default_factory=list)  # other scenes without the concept (STEREO/AP anchors)
+    anchors: list = field(default_factory=list)  # prompts without the concept (STEREO/AP anchors)
+    scene_anchors: list = field(default_factory=list)  # per prompt: the same scene without the concept
     other_prompts: list = field(default_factory=list)  # prompts of other concepts: preservation
     other_labels: list = field(default_factory=list)  # mini world: (shape, colour, style) of each other prompt
     judge: str = "mini"  # which judge decides: mini, nudenet, clip
@@ -248,9 +249,10 @@ def mini_concept(name):
         guides = [prompt_for(s, c, "plain") for s, c in scenes]
         labels = [(s, c, st) for s, c in scenes for st in STYLES if st != name]
         others = [prompt_for(*t) for t in labels]
+        scene = [[prompt_for(s, c, st) for st in STYLES if st != name] for s, c in scenes]  # other styles
         return Concept(name, STYLE_WORDS[name], prompts, [p.replace(STYLE_WORDS[name], "{}", 1) for p in prompts],
-                       guides, anchors=others, other_prompts=others, other_labels=labels, attribute="style",
-                       value=name)
+                       guides, anchors=others, scene_anchors=scene, other_prompts=others, other_labels=labels,
+                       attribute="style", value=name)
     if name in SHAPES:
         scenes = [(c, st) for c in COLOR_NAMES for st in STYLES]
         prompts = [prompt_for(name, c, st) for c, st in scenes]
@@ -258,8 +260,9 @@ def mini_concept(name):
         labels = [(s, c, st) for c, st in scenes for s in SHAPES if s != name]
         others = [prompt_for(*t) for t in labels]
         templates = [p.replace(name, "{}", 1) for p in prompts]
-        return Concept(name, name, prompts, templates, [""] * len(prompts), anchors=others, other_prompts=others,
-                       other_labels=labels, attribute="shape", value=name)
+        scene = [[prompt_for(s, c, st) for s in SHAPES if s != name] for c, st in scenes]  # other shapes
+        return Concept(name, name, prompts, templates, [""] * len(prompts), anchors=others, scene_anchors=scene,
+                       other_prompts=others, other_labels=labels, attribute="shape", value=name)
     return None
 
 

@@ -23,7 +23,7 @@ import losses
 import sd as sdlib
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
-METHODS = ["esd", "uce"]
+METHODS = ["esd", "uce", "stereo"]
 SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
@@ -39,6 +39,17 @@ UCE_LAMBDA = 0.1  # pull toward the original weights
 UCE_ERASE_SCALE = 1.0
 UCE_PRESERVE_SCALE = 1.0
 UCE_PRESERVE = 30  # how many prompts of other concepts to preserve (0: none)
+# STEREO (Srivatsan et al. 2024): stage 1 alternates ESD-style erasing with CCE attacks, stage 2 erases the
+# concept and every adversarial token at once from the original model with the anchor-compositional target
+STEREO_ROUNDS = 4  # K: rounds of erase-then-attack in stage 1 (each adds one adversarial token)
+STEREO_STE_ITERATIONS = 100  # ESD iterations per stage-1 round
+STEREO_TI_STEPS = 200  # textual-inversion steps of each stage-1 attack
+STEREO_TI_IMAGES = 16  # fresh pool pictures per round (pool slices never overlap)
+STEREO_TI_LR = 5e-3
+STEREO_REO_ITERATIONS = 300  # stage-2 iterations
+STEREO_ANCHOR_SCALE = 1.0  # s_a; with s_e = 3 this is the public code's +1 anchor / -3 erase weighting
+STEREO_ERASE_SCALE = 3.0  # s_e; the paper's symmetric form is s_a = s_e
+STEREO_POOL_SEED = 20_000  # pool pictures use seeds STEREO_POOL_SEED + i: never the evaluation seeds
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
 
@@ -90,6 +101,89 @@ def esd_loop(sd, opt, prompt_fn, target_fn, start, iterations, a, state, desc, s
         step_or_stop(state, loss, step, opt)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         save_checkpoint(state, step, sd.unet, opt)
+
+
+# ---- STEREO ------------------------------------------------------------------------------------------------------
+def stereo(sd, concept, a, state):
+    """STEREO. Stage 1, Search Thoroughly Enough: for K rounds, erase ESD-style (the concept in round 0, then the
+    newest adversarial token), attack the erased model by textual inversion on a fresh slice of the concept's
+    picture pool, keep the learned token. Stage 2, Robustly Erase Once: restart from the original UNet and erase
+    the concept and every token at once with e* = e(0) + s_a (e(anchor) - e(0)) - s_e (e(p) - e(0))."""
+    import attack
+    params = sdlib.select_params(sd, a.train_method)
+    original = {n: p.detach().clone() for n, p in params.items()}
+    frozen = copy.deepcopy(sd.unet).requires_grad_(False)
+    rounds_path = os.path.join(state["dir"], "stereo_rounds.pt")
+    tokens, done = {}, 0
+    if os.path.exists(rounds_path):  # resume: completed stage-1 rounds are kept
+        ck = torch.load(rounds_path, weights_only=True)
+        tokens, done = ck["tokens"], ck["rounds_done"]
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(ck["params"][n])
+        log(f"stereo: resumed after {done} of {a.rounds} stage-1 rounds")
+    ids = dict(zip(tokens, sdlib.add_tokens(sd, list(tokens)))) if tokens else {}
+    n_pool = a.rounds * a.ti_images
+    pool_templates = [concept.templates[i % len(concept.templates)] for i in range(n_pool)]
+    if done < a.rounds:  # the pool: the original model's pictures of the concept
+        pool = attack.image_latents(sd, sdlib.generate(
+            sd, [t.format(concept.words) for t in pool_templates], [STEREO_POOL_SEED + i for i in range(n_pool)]))
+
+    def inject():
+        return {ids[n]: v for n, v in tokens.items()}
+
+    def erase_prompt_fn(words_for_step):
+        def prompt(gen):  # a random scene of the concept with the step's words (concept or token)
+            idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
+            return sdlib.encode(sd, [concept.templates[i].format(words_for_step()) for i in idx], inject())
+        return prompt
+
+    def esd_target(cond, z, t, uncond):
+        return losses.esd_target(sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond), a.eta)
+
+    stage1 = {"dir": state["dir"], "every": 10 ** 9, "log": state["log"]}  # no mid-round checkpoints
+    for r in range(done, a.rounds):
+        words = concept.words if r == 0 else list(tokens)[-1]
+        opt = torch.optim.Adam(params.values(), lr=a.lr)
+        esd_loop(sd, opt, erase_prompt_fn(lambda: words), esd_target, 0, a.ste_iterations, a, stage1,
+                 f"stereo STE round {r + 1}/{a.rounds}: erase", seed_offset=(r + 1) * 1_000_000)
+        name = f"<stereo{r}>"
+        sl = slice(r * a.ti_images, (r + 1) * a.ti_images)
+        learned = attack.textual_inversion(sd, pool[sl], pool_templates[sl], [name], "style", a.ti_steps, a.ti_lr,
+                                           min(8, a.ti_images), a.seed + r, desc=f"stereo STE round {r + 1}: attack")
+        tokens[name] = learned[name]
+        ids[name] = sdlib.add_tokens(sd, [name])[0]
+        ck = {"tokens": tokens, "rounds_done": r + 1, "params": {n: p.detach() for n, p in params.items()}}
+        torch.save(ck, rounds_path + ".part")
+        os.replace(rounds_path + ".part", rounds_path)
+    # stage 2: from the original weights, the concept and all adversarial tokens at once
+    opt = torch.optim.Adam(params.values(), lr=a.lr)
+    start = load_checkpoint(state, sd.unet, opt)
+    if start == 0:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(original[n])
+    erase_words = [concept.words] + list(tokens)
+    turn = {"step": start, "anchor": None}
+
+    def reo_prompt(gen):
+        word = erase_words[turn["step"] % len(erase_words)]  # the concept and each token in turn
+        turn["step"] += 1
+        idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
+        anchors = [concept.scene_anchors[i][int(torch.randint(len(concept.scene_anchors[i]), (1,), generator=gen))]
+                   for i in idx]
+        turn["anchor"] = sdlib.encode(sd, anchors)
+        return sdlib.encode(sd, [concept.templates[i].format(word) for i in idx], inject())
+
+    def reo_target(cond, z, t, uncond):
+        e0 = sdlib.eps(sd, frozen, z, t, uncond)
+        return losses.stereo_reo_target(e0, [sdlib.eps(sd, frozen, z, t, turn["anchor"])],
+                                        [sdlib.eps(sd, frozen, z, t, cond)], a.anchor_scale, a.erase_scale_reo)
+
+    esd_loop(sd, opt, reo_prompt, reo_target, start, a.reo_iterations, a, state, "stereo REO",
+             seed_offset=50_000_000)
+    state["extra_tensors"] = {f"adversarial.{n}": v for n, v in tokens.items()}
+    return {f"unet.{n}": p for n, p in params.items()}
 
 
 # ---- UCE ---------------------------------------------------------------------------------------------------------
@@ -213,13 +307,23 @@ def parse(argv=None):
     g.add_argument("--ddim-steps", type=int, default=ESD_DDIM_STEPS)
     g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
     g.add_argument("--batch", type=int, default=ESD_BATCH)
+    g = p.add_argument_group("STEREO (also uses --train-method, --lr, --eta, --ddim-steps, --batch)")
+    g.add_argument("--rounds", type=int, default=STEREO_ROUNDS, help="stage-1 erase-then-attack rounds (K)")
+    g.add_argument("--ste-iterations", type=int, default=STEREO_STE_ITERATIONS)
+    g.add_argument("--ti-steps", type=int, default=STEREO_TI_STEPS)
+    g.add_argument("--ti-images", type=int, default=STEREO_TI_IMAGES)
+    g.add_argument("--ti-lr", type=float, default=STEREO_TI_LR)
+    g.add_argument("--reo-iterations", type=int, default=STEREO_REO_ITERATIONS)
+    g.add_argument("--anchor-scale", type=float, default=STEREO_ANCHOR_SCALE, help="s_a")
+    g.add_argument("--erase-scale-reo", type=float, default=STEREO_ERASE_SCALE, help="s_e")
     g = p.add_argument_group("UCE")
     g.add_argument("--uce-lambda", type=float, default=UCE_LAMBDA)
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
     g.add_argument("--preserve-scale", type=float, default=UCE_PRESERVE_SCALE)
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
     a = p.parse_args(argv)
-    for name in ("iterations", "ddim_steps", "batch"):
+    for name in ("iterations", "ddim_steps", "batch", "rounds", "ste_iterations", "ti_steps", "ti_images",
+                 "reo_iterations"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
     return a
@@ -246,7 +350,7 @@ def main(argv=None):
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:
-                changed = {"esd": esd, "uce": uce}[a.method](sd, concept, a, state)
+                changed = {"esd": esd, "uce": uce, "stereo": stereo}[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
         after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
@@ -265,9 +369,13 @@ def main(argv=None):
             keys = list(dict.fromkeys(k for r in state["log"] for k in r))
             f.write(",".join(keys) + "\n" + "".join(",".join(str(r.get(k, "")) for k in keys) + "\n"
                                                     for r in state["log"]))
-        ck = os.path.join(tmp, "checkpoint.pt")
-        if os.path.exists(ck):
-            os.remove(ck)
+        if state.get("extra_tensors"):  # e.g. STEREO's adversarial token embeddings, for inspection and reuse
+            from safetensors.torch import save_file
+            save_file({k: v.float().contiguous() for k, v in state["extra_tensors"].items()},
+                      os.path.join(tmp, "embeddings.safetensors"))
+        for ck in ("checkpoint.pt", "stereo_rounds.pt"):
+            if os.path.exists(os.path.join(tmp, ck)):
+                os.remove(os.path.join(tmp, ck))
     if a.export:
         sdlib.export_pipeline(sd, a.export)
     log(f"{a.method} erased {concept.name!r}: {len(changed)} tensors changed, {timer.seconds:.0f}s, "

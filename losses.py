@@ -16,6 +16,14 @@ def esd_loss(e_trained, e_uncond, e_concept, eta):
     return F.mse_loss(e_trained, esd_target(e_uncond, e_concept, eta).detach())
 
 
+def stereo_reo_target(e_uncond, e_anchors, e_erase, s_anchor, s_erase):
+    """STEREO's Robustly-Erase-Once target (Srivatsan et al. 2024), the compositional form:
+    e* = e(0) + s_a mean_a (e(a) - e(0)) - s_e mean_p (e(p) - e(0)) over anchor prompts a and erase prompts p."""
+    anchor = torch.stack([e - e_uncond for e in e_anchors]).mean(0)
+    erase = torch.stack([e - e_uncond for e in e_erase]).mean(0)
+    return e_uncond + s_anchor * anchor - s_erase * erase
+
+
 def denoising_loss(e_pred, noise):
     """DDPM / textual inversion (Gal et al. 2023), used by CCE and UnlearnDiff: || e_theta(z_t, t, c) - e ||^2."""
     return F.mse_loss(e_pred, noise)

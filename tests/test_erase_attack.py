@@ -184,3 +184,27 @@ def test_unlearndiff_returns_discrete_prefix_tokens(tiny_sd):
     assert ids.shape == (2, 2) and len(prompts) == 2 and out.shape == (2, 16, 16, 3)
     assert (ids < tiny_sd.tokenizer.bos_token_id).all()  # real vocabulary tokens, never the special ones
     assert all(p.endswith(t[0]) for p, t in zip(prompts, targets))
+
+
+def test_stereo_runs_both_stages_and_resumes(tiny_model, tmp_path):
+    args = ["--method", "stereo", "--concept", "van gogh", "--model", tiny_model, "--rounds", "2",
+            "--ste-iterations", "2", "--ti-steps", "2", "--ti-images", "2", "--reo-iterations", "3",
+            "--ddim-steps", "3", "--grid-seeds", "1"]
+    r = run("erase.py", *args, "--out", str(tmp_path / "full"))
+    assert r.returncode == 0, r.stderr
+    emb = load_file(str(tmp_path / "full" / "embeddings.safetensors"))
+    assert set(emb) == {"adversarial.<stereo0>", "adversarial.<stereo1>"}  # one token per stage-1 round
+    log = (tmp_path / "full" / "loss.csv").read_text().splitlines()
+    assert len(log) == 1 + 2 * 2 + 3  # header, 2 rounds x 2 ESD iterations, 3 REO iterations
+    # a run stopped after stage 1 (simulated by a stage-1-only run's leftovers) resumes to the same result
+    sd = sdlib.load(tiny_model, "cpu")
+    a = erase.parse(args[:-2] + ["--reo-iterations", "3"])
+    os.makedirs(tmp_path / "part")
+    state = {"dir": str(tmp_path / "part"), "every": 1, "log": []}
+    erase.stereo(sd, data.get_concept("van gogh"), a, state)
+    assert os.path.exists(tmp_path / "part" / "stereo_rounds.pt")
+    resumed = sdlib.load(tiny_model, "cpu")
+    erase.stereo(resumed, data.get_concept("van gogh"), a, {"dir": str(tmp_path / "part"), "every": 1, "log": []})
+    full = sdlib.load(weights=str(tmp_path / "full"))
+    for (n, p), q in zip(full.unet.named_parameters(), resumed.unet.parameters()):
+        torch.testing.assert_close(p, q, msg=n)

@@ -70,3 +70,13 @@ def test_straight_through_one_hot():
 def test_denoising_loss():
     a, b = torch.ones(2, 4), torch.zeros(2, 4)
     assert losses.denoising_loss(a, b).item() == 1.0
+
+
+def test_stereo_reo_target():
+    g = torch.Generator().manual_seed(3)
+    e0, a1, a2, p1 = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(4))
+    s_a, s_e = 1.0, 3.0
+    got = losses.stereo_reo_target(e0, [a1, a2], [p1], s_a, s_e)
+    torch.testing.assert_close(got, e0 + s_a * ((a1 + a2) / 2 - e0) - s_e * (p1 - e0))
+    # with one anchor and s_a = 1, s_e = 0 the target is the anchor's own prediction
+    torch.testing.assert_close(losses.stereo_reo_target(e0, [a1], [p1], 1.0, 0.0), a1)
