@@ -23,7 +23,7 @@ import losses
 import sd as sdlib
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
-METHODS = ["esd", "uce", "stereo"]
+METHODS = ["esd", "uce", "stereo", "ap"]
 SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
@@ -50,6 +50,12 @@ STEREO_REO_ITERATIONS = 300  # stage-2 iterations
 STEREO_ANCHOR_SCALE = 1.0  # s_a; with s_e = 3 this is the public code's +1 anchor / -3 erase weighting
 STEREO_ERASE_SCALE = 3.0  # s_e; the paper's symmetric form is s_a = s_e
 STEREO_POOL_SEED = 20_000  # pool pictures use seeds STEREO_POOL_SEED + i: never the evaluation seeds
+# AP, Adversarial Preservation (Bui et al. 2024): min over the model, max over the concept to preserve
+AP_CANDIDATES = 64  # candidate concepts to preserve, spread out over ...
+AP_VOCAB_POOL = 512  # ... the vocabulary words nearest to the concept in text-embedding space
+AP_LAMBDA = 1.0  # weight of the preservation term (epsilon space, as the ESD term)
+AP_TEMPERATURE = 2.0  # hard Gumbel-softmax temperature
+AP_ADV_LR = 0.05  # adversary's step size on the logits pi
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
 
@@ -74,18 +80,24 @@ def esd(sd, concept, a, state):
     def prompt(gen):  # the erase prompts of this step: (B, 77, D)
         return conds[torch.randint(len(conds), (a.batch,), generator=gen)]
 
-    def target(cond, z, t, uncond):
-        return losses.esd_target(sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond), a.eta)
-
-    esd_loop(sd, opt, prompt, target, start, a.iterations, a, state, "esd")
+    esd_loop(sd, opt, prompt, esd_loss_fn(sd, frozen, a.eta), start, a.iterations, a, state, "esd")
     return {f"unet.{n}": p for n, p in params.items()}
 
 
-def esd_loop(sd, opt, prompt_fn, target_fn, start, iterations, a, state, desc, seed_offset=0):
-    """The loop ESD and STEREO share: draw the step's prompt, sample x_t by partial DDIM of the model being
-    trained (guided by that prompt), take the target from the frozen model, regress the trained model onto it.
+def esd_loss_fn(sd, frozen, eta):
+    """ESD's loss at (z, t): || e_theta'(z, c) - [e(z, 0) - eta (e(z, c) - e(z, 0))] ||^2, targets from frozen."""
+    def loss_fn(cond, z, t, uncond, gen):
+        with torch.no_grad():
+            e_0, e_c = sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond)
+        return losses.esd_loss(sdlib.eps(sd, sd.unet, z, t, cond), e_0, e_c, eta)
+    return loss_fn
 
-    prompt_fn(gen) -> cond (B, 77, D); target_fn(cond, z, t, uncond) -> target (B, 4, h, w) (under no_grad)."""
+
+def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, seed_offset=0):
+    """The loop ESD, STEREO and AP share: draw the step's prompt, sample x_t by partial DDIM of the model being
+    trained (guided by that prompt), take the method's loss there, step.
+
+    prompt_fn(gen) -> cond (B, 77, D); loss_fn(cond, z, t, uncond, gen) -> scalar loss on the trained weights."""
     with torch.no_grad():
         uncond = sdlib.encode(sd, [""] * a.batch)
     bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations)
@@ -96,8 +108,7 @@ def esd_loop(sd, opt, prompt_fn, target_fn, start, iterations, a, state, desc, s
             k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
             z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
             z, t = sdlib.ddim(sd, sd.unet, z_T, cond, uncond, a.start_guidance, a.ddim_steps, stop_at=k)
-            tgt = target_fn(cond, z, t, uncond)
-        loss = torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, cond), tgt)
+        loss = loss_fn(cond, z, t, uncond, gen)
         step_or_stop(state, loss, step, opt)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         save_checkpoint(state, step, sd.unet, opt)
@@ -138,14 +149,12 @@ def stereo(sd, concept, a, state):
             return sdlib.encode(sd, [concept.templates[i].format(words_for_step()) for i in idx], inject())
         return prompt
 
-    def esd_target(cond, z, t, uncond):
-        return losses.esd_target(sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond), a.eta)
-
     stage1 = {"dir": state["dir"], "every": 10 ** 9, "log": state["log"]}  # no mid-round checkpoints
     for r in range(done, a.rounds):
         words = concept.words if r == 0 else list(tokens)[-1]
         opt = torch.optim.Adam(params.values(), lr=a.lr)
-        esd_loop(sd, opt, erase_prompt_fn(lambda: words), esd_target, 0, a.ste_iterations, a, stage1,
+        esd_loop(sd, opt, erase_prompt_fn(lambda: words), esd_loss_fn(sd, frozen, a.eta), 0, a.ste_iterations, a,
+                 stage1,
                  f"stereo STE round {r + 1}/{a.rounds}: erase", seed_offset=(r + 1) * 1_000_000)
         name = f"<stereo{r}>"
         sl = slice(r * a.ti_images, (r + 1) * a.ti_images)
@@ -175,14 +184,101 @@ def stereo(sd, concept, a, state):
         turn["anchor"] = sdlib.encode(sd, anchors)
         return sdlib.encode(sd, [concept.templates[i].format(word) for i in idx], inject())
 
-    def reo_target(cond, z, t, uncond):
-        e0 = sdlib.eps(sd, frozen, z, t, uncond)
-        return losses.stereo_reo_target(e0, [sdlib.eps(sd, frozen, z, t, turn["anchor"])],
-                                        [sdlib.eps(sd, frozen, z, t, cond)], a.anchor_scale, a.erase_scale_reo)
+    def reo_loss(cond, z, t, uncond, gen):
+        with torch.no_grad():
+            target = losses.stereo_reo_target(sdlib.eps(sd, frozen, z, t, uncond),
+                                              [sdlib.eps(sd, frozen, z, t, turn["anchor"])],
+                                              [sdlib.eps(sd, frozen, z, t, cond)], a.anchor_scale, a.erase_scale_reo)
+        return torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, cond), target)
 
-    esd_loop(sd, opt, reo_prompt, reo_target, start, a.reo_iterations, a, state, "stereo REO",
+    esd_loop(sd, opt, reo_prompt, reo_loss, start, a.reo_iterations, a, state, "stereo REO",
              seed_offset=50_000_000)
     state["extra_tensors"] = {f"adversarial.{n}": v for n, v in tokens.items()}
+    return {f"unet.{n}": p for n, p in params.items()}
+
+
+# ---- AP ----------------------------------------------------------------------------------------------------------
+def vocabulary_words(sd):
+    """Whole-word vocabulary tokens ('monet</w>' -> 'monet') made of letters, at least 3 long."""
+    return sorted({t[:-4] for t in sd.tokenizer.get_vocab() if t.endswith("</w>") and t[:-4].isalpha()
+                   and len(t) >= 7})
+
+
+def ap_candidates(sd, concept, n_candidates, pool):
+    """Words nearest to the concept (cosine of pooled text embeddings), then a spread-out subset of them chosen
+    greedily by farthest-point sampling, so the adversary searches many directions, not one cluster."""
+    words = [w for w in vocabulary_words(sd) if w not in concept.words.split()]
+    with torch.no_grad():
+        def pooled(texts):
+            out = []
+            for i in range(0, len(texts), 1024):
+                out.append(sd.text_encoder(sdlib.tokenize(sd, texts[i:i + 1024])).pooler_output.float())
+            return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+        vocab = pooled(words)  # (W, D)
+        target = pooled([concept.words])[0]
+        near = (vocab @ target).topk(min(pool, len(words))).indices
+        chosen = [int(near[0])]
+        dist = 1 - vocab[near] @ vocab[near[0]]
+        while len(chosen) < min(n_candidates, len(near)):
+            j = int(dist.argmax())
+            chosen.append(int(near[j]))
+            dist = torch.minimum(dist, 1 - vocab[near] @ vocab[near[j]])
+    return [words[i] for i in chosen]
+
+
+def ap_adversary_step(pi, opt_pi, cand, preservation_fn, tau):
+    """One ascent step of the adversary: c_a = sum_i g_i cand_i with g a hard Gumbel-softmax sample of pi
+    (one-hot forward, soft gradient), pi moved to increase preservation_fn(c_a). cand: (C, B, 77, D)."""
+    g = torch.nn.functional.gumbel_softmax(pi, tau=tau, hard=True)
+    loss = -preservation_fn(torch.einsum("c,cbld->bld", g, cand))
+    opt_pi.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_pi.step()
+
+
+def ap(sd, concept, a, state):
+    """AP: min_theta' max_pi  ESD(c_e) + lambda || e_theta'(x_t, c_a) - e_theta(x_t, c_a) ||^2, with c_a drawn from
+    the candidates by a hard Gumbel-softmax over logits pi (straight-through). Each step: one adversary ascent
+    step on pi, then one model step. Both terms are in epsilon space."""
+    params = sdlib.select_params(sd, a.train_method)
+    frozen = copy.deepcopy(sd.unet).requires_grad_(False)
+    opt = torch.optim.Adam(params.values(), lr=a.lr)
+    start = load_checkpoint(state, sd.unet, opt)
+    candidates = ap_candidates(sd, concept, a.ap_candidates, a.ap_vocab_pool)
+    print(f"ap: {len(candidates)} candidate concepts, e.g. {', '.join(candidates[:8])}")
+    pi = torch.zeros(len(candidates), device=sd.device, requires_grad=True)  # logits over candidates
+    if "pi" in state.get("resumed", {}):
+        pi.data.copy_(state["resumed"]["pi"])
+    state["resume_tensors"] = {"pi": pi}
+    opt_pi = torch.optim.Adam([pi], lr=a.ap_adv_lr)
+    erase_loss = esd_loss_fn(sd, frozen, a.eta)
+    scene = {}
+
+    def prompt(gen):
+        idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
+        scene["idx"] = idx
+        return sdlib.encode(sd, [concept.templates[i].format(concept.words) for i in idx])
+
+    def preservation(z, t, c_a):
+        return torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, c_a), sdlib.eps(sd, frozen, z, t, c_a))
+
+    def loss_fn(cond, z, t, uncond, gen):
+        with torch.no_grad():  # every candidate in this step's scenes: (C, B, 77, D)
+            cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in scene["idx"]])
+                                for w in candidates])
+        ap_adversary_step(pi, opt_pi, cand, lambda c_a: preservation(z, t, c_a), a.ap_temperature)
+        opt.zero_grad(set_to_none=True)  # the adversary's backward pass also reached the model: discard that
+        with torch.no_grad():
+            g = torch.nn.functional.gumbel_softmax(pi, tau=a.ap_temperature, hard=True)
+            c_a = torch.einsum("c,cbld->bld", g, cand)
+            state["preserved"] = candidates[int(g.argmax())]
+        return erase_loss(cond, z, t, uncond, gen) + a.ap_lambda * preservation(z, t, c_a)
+
+    esd_loop(sd, opt, prompt, loss_fn, start, a.iterations, a, state, "ap")
+    top = pi.detach().softmax(0).topk(min(5, len(candidates)))
+    print("ap: adversary's favourite concepts to preserve: " +
+          ", ".join(f"{candidates[i]} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+    state["extra_json"] = {"ap_candidates": candidates, "ap_pi": pi.detach().tolist()}
     return {f"unet.{n}": p for n, p in params.items()}
 
 
@@ -244,6 +340,7 @@ def load_checkpoint(state, module, opt):
         raise RuntimeError(f"checkpoint {path} does not fit this model; delete it or drop --resume")
     opt.load_state_dict(ck["opt"])
     state["log"] = ck["log"]
+    state["resumed"] = ck.get("extra", {})  # a method's own tensors (AP's logits pi)
     log(f"resumed from {path} at iteration {ck['step']}")
     return ck["step"]
 
@@ -254,7 +351,8 @@ def save_checkpoint(state, step, module, opt, force=False):
     path = os.path.join(state["dir"], "checkpoint.pt")
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     ck = {"model": {n: t for n, t in module.state_dict().items() if n in trainable}, "opt": opt.state_dict(),
-          "step": step + 1, "log": state["log"]}
+          "step": step + 1, "log": state["log"],
+          "extra": {k: v.detach().clone() for k, v in state.get("resume_tensors", {}).items()}}
     torch.save(ck, path + ".part")
     os.replace(path + ".part", path)
 
@@ -316,6 +414,12 @@ def parse(argv=None):
     g.add_argument("--reo-iterations", type=int, default=STEREO_REO_ITERATIONS)
     g.add_argument("--anchor-scale", type=float, default=STEREO_ANCHOR_SCALE, help="s_a")
     g.add_argument("--erase-scale-reo", type=float, default=STEREO_ERASE_SCALE, help="s_e")
+    g = p.add_argument_group("AP (also uses --train-method, --iterations, --lr, --eta, --ddim-steps, --batch)")
+    g.add_argument("--ap-candidates", type=int, default=AP_CANDIDATES)
+    g.add_argument("--ap-vocab-pool", type=int, default=AP_VOCAB_POOL)
+    g.add_argument("--ap-lambda", type=float, default=AP_LAMBDA)
+    g.add_argument("--ap-temperature", type=float, default=AP_TEMPERATURE)
+    g.add_argument("--ap-adv-lr", type=float, default=AP_ADV_LR)
     g = p.add_argument_group("UCE")
     g.add_argument("--uce-lambda", type=float, default=UCE_LAMBDA)
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
@@ -350,7 +454,7 @@ def main(argv=None):
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:
-                changed = {"esd": esd, "uce": uce, "stereo": stereo}[a.method](sd, concept, a, state)
+                changed = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap}[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
         after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
@@ -363,7 +467,7 @@ def main(argv=None):
                   "seed": a.seed, "settings": settings, "cost": timer.as_dict(),
                   "changed": sorted(changed), "before_after_rows": ["concept: before", "concept: after",
                                                                     "other: before", "other: after"],
-                  "before_after_prompts": before_prompts + other_prompts}
+                  "before_after_prompts": before_prompts + other_prompts, **state.get("extra_json", {})}
         sdlib.save_run(tmp, sd, changed, config)
         with open(os.path.join(tmp, "loss.csv"), "w") as f:
             keys = list(dict.fromkeys(k for r in state["log"] for k in r))

@@ -208,3 +208,26 @@ def test_stereo_runs_both_stages_and_resumes(tiny_model, tmp_path):
     full = sdlib.load(weights=str(tmp_path / "full"))
     for (n, p), q in zip(full.unet.named_parameters(), resumed.unet.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_ap_adversary_moves_toward_the_more_damaged_concept():
+    """Toy case: two candidate embeddings, erasure damages only the second (its preservation loss is larger);
+    the adversary's hard Gumbel-softmax ascent must raise the second candidate's logit."""
+    torch.manual_seed(0)
+    cand = torch.stack([torch.zeros(1, 4, 3), torch.ones(1, 4, 3)])  # (C=2, B=1, L=4, D=3)
+    pi = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adam([pi], lr=0.1)
+    for _ in range(30):
+        erase.ap_adversary_step(pi, opt, cand, lambda c: (c ** 2).mean(), tau=2.0)
+    assert pi[1] > pi[0] + 0.5, pi
+
+
+def test_ap_runs_and_records_its_candidates(tiny_sd, tmp_path, monkeypatch):
+    monkeypatch.setattr(erase, "ap_candidates", lambda sd, c, n, pool: ["circle", "square", "star"])
+    a = erase.parse(["--method", "ap", "--concept", "van gogh", "--iterations", "2", "--ddim-steps", "2"])
+    before = snapshot(tiny_sd.unet)
+    state = {"dir": str(tmp_path), "every": 1, "log": []}
+    erase.ap(tiny_sd, data.get_concept("van gogh"), a, state)
+    assert changed_names(before, tiny_sd.unet) <= set(sdlib.select_params(tiny_sd, "esd-x", verbose=False))
+    assert state["extra_json"]["ap_candidates"] == ["circle", "square", "star"]
+    assert "pi" in torch.load(tmp_path / "checkpoint.pt", weights_only=True)["extra"]  # resumable adversary
