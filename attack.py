@@ -61,11 +61,13 @@ def image_latents(sd, images):
         return sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
 
 
-def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr, batch, seed, desc="ti"):
+def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr, batch, seed, desc="ti",
+                      lr_end=None, clip=None):
     """Learn vectors for token_names so that templates.format(tokens) reconstructs each latent under sd.unet.
 
     latents[i] is paired with templates[i]. Only the new vectors are trained; the model and the embedding
-    table stay as they are. Returns {token name: (D,) tensor}."""
+    table stay as they are. lr decays linearly to lr_end if given; gradients are clipped to norm clip if given.
+    Returns {token name: (D,) tensor}."""
     ids = sdlib.add_tokens(sd, token_names)
     table = sd.text_encoder.get_input_embeddings().weight
     init_ids = sd.tokenizer(init_word, add_special_tokens=False).input_ids or [0]
@@ -89,6 +91,11 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
             raise RuntimeError(f"{desc}: loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(vecs, clip)
+        if lr_end is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr + (lr_end - lr) * step / max(1, steps - 1)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     return {name: v.detach() for name, v in zip(token_names, vecs)}

@@ -23,7 +23,7 @@ import losses
 import sd as sdlib
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
-METHODS = ["esd", "uce", "stereo", "ap"]
+METHODS = ["esd", "uce", "stereo", "ap", "dm2"]
 SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
@@ -56,6 +56,22 @@ AP_VOCAB_POOL = 512  # ... the vocabulary words nearest to the concept in text-e
 AP_LAMBDA = 1.0  # weight of the preservation term (epsilon space, as the ESD term)
 AP_TEMPERATURE = 2.0  # hard Gumbel-softmax temperature
 AP_ADV_LR = 0.05  # adversary's step size on the logits pi
+# DM2, Dark Miner (Meng et al. 2024): loops of mining, verifying and circumventing, LoRA on value projections
+DM2_RANK = 8  # LoRA rank on every attention value projection (attn1.to_v, attn2.to_v)
+DM2_POOL = 30  # pictures of the concept from the original model
+DM2_TOKENS = 16  # L: tokens of each mined embedding
+DM2_MINE_IMAGES = 3  # k: pool pictures each mining inverts
+DM2_MINE_STEPS = 100
+DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
+DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
+DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
+DM2_CIRCUMVENT_STEPS = 50
+DM2_LR = 1e-3  # LoRA learning rate
+DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
+DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
+DM2_MAX_LOOPS = 10
+DM2_ANCHOR = "a photo"  # c0
+DM2_POOL_SEED = 30_000
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
 
@@ -282,6 +298,101 @@ def ap(sd, concept, a, state):
     return {f"unet.{n}": p for n, p in params.items()}
 
 
+# ---- DM2 ---------------------------------------------------------------------------------------------------------
+def verify_score(f_mined, f_reference, f_concept):
+    """DM2's verification: s(c) = mean_i cos(f(x_c,i) - mean f(x_r), mean f(x_e) - mean f(x_r)), features (N, F)."""
+    ref = f_reference.mean(0)
+    direction = f_concept.mean(0) - ref
+    return float(torch.nn.functional.cosine_similarity(f_mined - ref, direction[None], dim=-1).mean())
+
+
+def dm2(sd, concept, a, state):
+    """DM2: repeat (a) mine an embedding of L tokens by textual inversion on k pool pictures against the current
+    model, (b) verify it: generate from it and stop when its features no longer point toward the concept
+    (s(c) < tau), (c) circumvent: train LoRA so that e_theta(x_t | c) matches the original's e(x_t | c0) while
+    c0, 0*c and -c keep their original predictions. Features: the mini judge's (mini world)."""
+    import attack
+    import evaluate
+    import lora
+    frozen = copy.deepcopy(sd.unet).requires_grad_(False)
+    sd.unet.requires_grad_(False)
+    wrapped = lora.inject(sd.unet, lambda n: n.endswith(("attn1.to_v", "attn2.to_v")), r=a.dm2_rank)
+    lora_params = [p for layer in wrapped.values() for p in (layer.lora_A, layer.lora_B)]
+    print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
+          f"{sum(p.numel() for p in lora_params):,} parameters")
+    opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
+    pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
+    pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
+    pool = attack.image_latents(sd, pool_images)
+    reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
+                               [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
+    f_ref = torch.from_numpy(evaluate.judge_features(reference, a.mini_dir)).float()
+    f_concept = torch.from_numpy(evaluate.judge_features(pool_images, a.mini_dir)).float()
+    mined, loop = [], 0
+    loops_path = os.path.join(state["dir"], "dm2_loops.pt")
+    if os.path.exists(loops_path):  # resume after the last completed loop
+        ck = torch.load(loops_path, weights_only=True)
+        lora.load_lora_state_dict(wrapped, ck["lora"])
+        opt.load_state_dict(ck["opt"])
+        mined, loop, state["log"] = list(ck["mined"]), ck["loop"], ck["log"]
+        log(f"dm2: resumed after loop {loop}")
+    names = [f"<dm{i}>" for i in range(a.dm2_tokens)]
+    ids = sdlib.add_tokens(sd, names)
+    acp = sd.scheduler.alphas_cumprod.to(sd.device)
+    c0 = sdlib.encode(sd, [DM2_ANCHOR])
+    scores = [r["verify_score"] for r in state["log"] if "verify_score" in r]
+    while loop < a.dm2_max_loops:
+        gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
+        pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
+        learned = attack.textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, DM2_ANCHOR.split()[-1],
+                                           a.dm2_mine_steps, DM2_MINE_LR, len(pick), a.seed + loop,
+                                           desc=f"dm2 loop {loop + 1}: mine", lr_end=DM2_MINE_LR_END,
+                                           clip=DM2_MINE_CLIP)
+        vecs = torch.stack([learned[n] for n in names])  # (L, D)
+        x_c = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
+                             inject=dict(zip(ids, vecs)), progress=False)
+        score = verify_score(torch.from_numpy(evaluate.judge_features(x_c, a.mini_dir)).float(), f_ref, f_concept)
+        scores.append(score)
+        state["log"].append({"step": loop, "verify_score": round(score, 4)})
+        log(f"dm2 loop {loop + 1}: verify score s(c) = {score:.3f} (threshold {a.dm2_threshold})")
+        if score < a.dm2_threshold:
+            break
+        mined.append(vecs)
+        for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
+            use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
+            c_vec = mined[-1] if use_newest else mined[int(torch.randint(len(mined) - 1, (1,), generator=gen))]
+            i = torch.randint(len(pool), (1,), generator=gen)
+            t = torch.randint(0, len(acp), (1,), generator=gen).to(sd.device)
+            noise = torch.randn(pool[i].shape, generator=gen).to(pool)
+            a_t = acp[t].view(-1, 1, 1, 1).to(pool.dtype)
+            z = a_t.sqrt() * pool[i] + (1 - a_t).sqrt() * noise
+            conds = [sdlib.encode(sd, [" ".join(names)], dict(zip(ids, s * c_vec))) for s in (1.0, 0.0, -1.0)]
+            with torch.no_grad():
+                target_c = sdlib.eps(sd, frozen, z, t, c0)
+                keep = [sdlib.eps(sd, frozen, z, t, c) for c in [c0] + conds[1:]]
+            circumvent = torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, conds[0]), target_c)
+            preserve = sum(torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, c), k)
+                           for c, k in zip([c0] + conds[1:], keep))
+            loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
+            step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
+        loop += 1
+        ck = {"lora": lora.lora_state_dict(wrapped), "opt": opt.state_dict(), "mined": mined, "loop": loop,
+              "log": state["log"]}
+        torch.save(ck, loops_path + ".part")
+        os.replace(loops_path + ".part", loops_path)
+    changed = {f"lora.unet.{k}": v.clone() for k, v in lora.lora_state_dict(wrapped).items()}
+    scaling = next(iter(wrapped.values())).scaling
+    lora.merge_all(wrapped)  # fold the update into the weights and put the plain layers back
+    for name, layer in wrapped.items():
+        parent, _, child = name.rpartition(".")
+        setattr(sd.unet.get_submodule(parent), child, layer.base)
+    state["extra_json"] = {"lora": {"r": a.dm2_rank, "alpha": float(a.dm2_rank), "scaling": scaling},
+                           "dm2_loops": loop, "dm2_verify_scores": scores,
+                           "dm2_features": "mini judge penultimate features"}
+    state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
+    return changed
+
+
 # ---- UCE ---------------------------------------------------------------------------------------------------------
 def last_token_onward(sd, prompts):
     """Text embeddings from each prompt's last real token to the end of the 77 positions, as UCE uses them.
@@ -420,6 +531,21 @@ def parse(argv=None):
     g.add_argument("--ap-lambda", type=float, default=AP_LAMBDA)
     g.add_argument("--ap-temperature", type=float, default=AP_TEMPERATURE)
     g.add_argument("--ap-adv-lr", type=float, default=AP_ADV_LR)
+    g = p.add_argument_group("DM2")
+    g.add_argument("--dm2-rank", type=int, default=DM2_RANK)
+    g.add_argument("--dm2-pool", type=int, default=DM2_POOL)
+    g.add_argument("--dm2-tokens", type=int, default=DM2_TOKENS, help="L")
+    g.add_argument("--dm2-mine-images", type=int, default=DM2_MINE_IMAGES, help="k")
+    g.add_argument("--dm2-mine-steps", type=int, default=DM2_MINE_STEPS)
+    g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
+    g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
+    g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
+    g.add_argument("--dm2-lr", type=float, default=DM2_LR)
+    g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
+    g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
+    g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
+    g.add_argument("--mini-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini"),
+                   help="mini judge whose features DM2 verifies with")
     g = p.add_argument_group("UCE")
     g.add_argument("--uce-lambda", type=float, default=UCE_LAMBDA)
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
@@ -454,7 +580,7 @@ def main(argv=None):
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:
-                changed = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap}[a.method](sd, concept, a, state)
+                changed = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2}[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
         after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
@@ -477,7 +603,7 @@ def main(argv=None):
             from safetensors.torch import save_file
             save_file({k: v.float().contiguous() for k, v in state["extra_tensors"].items()},
                       os.path.join(tmp, "embeddings.safetensors"))
-        for ck in ("checkpoint.pt", "stereo_rounds.pt"):
+        for ck in ("checkpoint.pt", "stereo_rounds.pt", "dm2_loops.pt"):
             if os.path.exists(os.path.join(tmp, ck)):
                 os.remove(os.path.join(tmp, ck))
     if a.export:

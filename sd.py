@@ -139,7 +139,19 @@ def apply_run(sd, run_dir, run=None):
                         f"(fingerprint {run['base_fingerprint']}), not from {sd.name!r} ({fingerprint(sd)})")
     tensors = load_file(os.path.join(run_dir, RUN_WEIGHTS))
     modules = {"unet": sd.unet, "text_encoder": sd.text_encoder}
+    lora_keys = sorted(k for k in tensors if k.startswith("lora."))
+    for key in lora_keys:  # 'lora.unet.<layer>.lora_A' (+ '.lora_B'): merged into the layer's weight, W += s B A
+        if key.endswith(".lora_A"):
+            part, layer = key[len("lora."):-len(".lora_A")].split(".", 1)
+            param = dict(modules[part].named_parameters()).get(layer + ".weight") if part in modules else None
+            a_, b_ = tensors[key], tensors.get(key[:-1] + "B")
+            if param is None or b_ is None or (b_ @ a_).shape != param.shape:
+                raise LoadError(f"run folder {run_dir}: LoRA {key} does not fit the base model {sd.name!r}")
+            with torch.no_grad():
+                param += run["lora"]["scaling"] * (b_ @ a_).to(param.device, param.dtype)
     for key, value in tensors.items():
+        if key.startswith("lora."):
+            continue
         part, name = key.split(".", 1)
         param = dict(modules[part].named_parameters()).get(name) if part in modules else None
         if param is None or param.shape != value.shape:

@@ -231,3 +231,33 @@ def test_ap_runs_and_records_its_candidates(tiny_sd, tmp_path, monkeypatch):
     assert changed_names(before, tiny_sd.unet) <= set(sdlib.select_params(tiny_sd, "esd-x", verbose=False))
     assert state["extra_json"]["ap_candidates"] == ["circle", "square", "star"]
     assert "pi" in torch.load(tmp_path / "checkpoint.pt", weights_only=True)["extra"]  # resumable adversary
+
+
+def test_dm2_verify_score_equals_formula():
+    g = torch.Generator().manual_seed(4)
+    f_c, f_r, f_e = torch.randn(5, 6, generator=g), torch.randn(7, 6, generator=g), torch.randn(3, 6, generator=g)
+    ref, direction = f_r.mean(0), f_e.mean(0) - f_r.mean(0)
+    expected = np.mean([float((f - ref) @ direction / ((f - ref).norm() * direction.norm())) for f in f_c])
+    assert abs(erase.verify_score(f_c, f_r, f_e) - expected) < 1e-6
+    assert erase.verify_score(f_e, f_r, f_e) > 0.5 > erase.verify_score(2 * f_r.mean(0) - f_e, f_r, f_e)
+
+
+def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
+            "--dm2-mine-steps", "2", "--dm2-circumvent-steps", "2", "--dm2-max-loops", "2", "--dm2-threshold", "-2",
+            "--dm2-lr", "0.05", "--out", str(out), "--export", str(export), "--grid-seeds", "1")
+    assert r.returncode == 0, r.stderr
+    config = json.load(open(out / "config.json"))
+    assert config["dm2_loops"] == 2 and len(config["dm2_verify_scores"]) == 2
+    tensors = load_file(str(out / "weights.safetensors"))
+    assert tensors and all(k.startswith("lora.unet.") and ".to_v." in k for k in tensors)
+    applied = sdlib.load(weights=str(out))  # base + merged LoRA ...
+    exported = sdlib.load(str(export))  # ... equals the exported, merged pipeline
+    base = sdlib.load(tiny_model)
+    moved = 0
+    for (n, p), q, b in zip(applied.unet.named_parameters(), exported.unet.parameters(), base.unet.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+        moved += int(not torch.equal(p, b))
+        assert torch.equal(p, b) or n.endswith("to_v.weight"), n  # only value projections changed
+    assert moved > 0
