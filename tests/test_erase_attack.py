@@ -1,5 +1,6 @@
 """Every method and attack runs end to end on a tiny random model, changes only what it should, and its outputs
 round-trip; bad input gets one clear line."""
+import csv
 import json
 import os
 import subprocess
@@ -163,7 +164,7 @@ def test_attacks_run_end_to_end(tiny_model, tmp_path, which):
     assert r.returncode == 0, r.stderr
     m = json.load(open(out / "metrics.json"))
     assert m["n_targets"] == 3 and 0 <= m["pre_asr"] <= m["asr"] <= 1
-    rows = data.read_prompt_csv(str(out / "results.csv"))
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
     assert len(rows) == 3 and all(r["adversarial_prompt"] for r in rows)
     assert load_file(str(out / "embeddings.safetensors"))
     r = run("evaluate.py", "evaluate", "--concept", "van gogh", "--weights", str(run_dir), "--attacks", str(out),
