@@ -2,6 +2,8 @@
 
     python evaluate.py generate --prompt "a red circle" --prompt "a blue star in the style of van gogh" --out out/gen
     python evaluate.py generate --prompts prompts.csv --out out/gen      # CSV columns: prompt,evaluation_seed
+    python evaluate.py evaluate --concept "van gogh" --weights runs/esd_vangogh --attacks attacks/cce --out out/ev
+    python evaluate.py benchmark --concept "van gogh" --methods all --attacks all --seeds 3
 
 Every command takes --model (a diffusers folder or a hub id in the local cache; default: the mini world).
 """
@@ -287,6 +289,191 @@ def cmd_table(a):
     print(report_table(rows))
 
 
+# ---- the benchmark: every method x every attack x seeds, one table -------------------------------------------------
+BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the unerased model)
+    "base": None,
+    "esd-x": ["--method", "esd", "--train-method", "esd-x"],
+    "esd-u": ["--method", "esd", "--train-method", "esd-u"],
+    "uce": ["--method", "uce"],
+    "stereo": ["--method", "stereo"],
+    "ap": ["--method", "ap"],
+    "dm2": ["--method", "dm2"],
+}
+BENCH_ATTACKS = ["cce", "unlearndiff"]
+BENCH_SEEDS = 1
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pick(spec, known, what):
+    """'all' or a comma-separated list -> names, every one checked against known."""
+    names = list(known) if spec == "all" else [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [x for x in names if x not in known]
+    if bad or not names:
+        sdlib.fail(f"unknown {what} {', '.join(bad) or '(none given)'}; choose from: all, {', '.join(known)}")
+    return names
+
+
+def run_cell(script, args, out, log_path):
+    """Run one cell (erase/attack/evaluate) as its own process unless its folder is already complete."""
+    import shlex
+    import subprocess
+    if os.path.exists(out):
+        return False
+    cmd = [sys.executable, os.path.join(HERE, script), *args, "--out", out]
+    if script == "erase.py" and os.path.exists(out + ".tmp"):
+        cmd.append("--resume")  # a killed erase run continues from its checkpoint
+    print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        log.flush()
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+    if r.returncode != 0:
+        sdlib.fail(f"{script} failed (exit {r.returncode}) for {out}; see {log_path}. Rerun the same benchmark "
+                   "command to resume: completed cells are kept")
+    return True
+
+
+def mean_sd(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+
+
+def fmt_ms(pair, digits=3):
+    m, s = pair
+    return "-" if m is None else f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def scatter_png(points, path, xlabel, ylabel, size=480):
+    """A small labelled scatter plot drawn with PIL (points: (label, x, y) with x, y in [0, 1])."""
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    left, top, right, bottom = 60, 20, size - 20, size - 50
+    d.rectangle([left, top, right, bottom], outline="black")
+    for k in range(6):
+        v = k / 5
+        x = left + v * (right - left)
+        y = bottom - v * (bottom - top)
+        d.line([x, bottom, x, bottom + 4], fill="black")
+        d.text((x - 8, bottom + 6), f"{v:.1f}", fill="black")
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((left - 30, y - 5), f"{v:.1f}", fill="black")
+    d.text(((left + right) // 2 - 4 * len(xlabel), size - 22), xlabel, fill="black")
+    d.text((4, 4), ylabel, fill="black")
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for i, (label, x, y) in enumerate(points):
+        px, py = left + x * (right - left), bottom - y * (bottom - top)
+        c = colours[i % len(colours)]
+        d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=c)
+        d.text((px + 7, py - 6), label, fill=c)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)
+
+
+def cmd_benchmark(a):
+    import shlex
+    import time
+    concept = data.get_concept(a.concept)
+    methods = pick(a.methods, BENCH_METHODS, "method")
+    attacks = pick(a.attacks, BENCH_ATTACKS, "attack")
+    if a.seeds < 1:
+        sdlib.fail("--seeds must be at least 1")
+    slug = data.slug(concept.name)
+    work = os.path.abspath(a.work or os.path.join(HERE, "work", "benchmark", slug))
+    out = os.path.abspath(a.out or os.path.join(HERE, "results", "benchmark", slug))
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(work, "benchmark.log")
+    common = ["--concept", concept.name] + (["--model", a.model] if a.model else [])
+    extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
+    seeds = list(range(a.seed, a.seed + a.seeds))
+    t0, ran = time.time(), 0
+    cells = {}
+    for method in methods:
+        for seed in seeds:
+            tag = f"{method}_s{seed}"
+            print(f"[{time.strftime('%H:%M:%S')}] {concept.name}: {tag}", flush=True)
+            run_dir = os.path.join(work, "runs", tag)
+            weights = []
+            if BENCH_METHODS[method] is not None:
+                ran += run_cell("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed), *extra["erase"]],
+                                run_dir, log_path)
+                weights = ["--weights", run_dir]
+            attack_dirs = []
+            for at in attacks:
+                d = os.path.join(work, "attacks", f"{tag}_{at}")
+                ran += run_cell("attack.py", ["--attack", at, *common, *weights, "--seed", str(seed),
+                                              *extra["attack"]], d, log_path)
+                attack_dirs.append(d)
+            ev = os.path.join(work, "eval", tag)
+            ran += run_cell("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
+                                            *attack_dirs, *extra["eval"]], ev, log_path)
+            cells[(method, seed)] = json.load(open(os.path.join(ev, "metrics.json")))
+    # aggregate over seeds
+    keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),
+            "frechet_distance": lambda m: m.get("frechet_distance"),
+            "erase_seconds": lambda m: (m.get("erase_cost") or {}).get("seconds"),
+            "erase_unet_evals": lambda m: (m.get("erase_cost") or {}).get("unet_evals")}
+    for at in attacks:
+        keys[f"asr_{at}"] = lambda m, at=at: m["attacks"][at]["asr"]
+        keys[f"pre_asr_{at}"] = lambda m, at=at: m["attacks"][at]["pre_asr"]
+        keys[f"attack_seconds_{at}"] = lambda m, at=at: m["attacks"][at]["cost"]["seconds"]
+    summary = {}
+    for method in methods:
+        per_seed = [cells[(method, s)] for s in seeds]
+        summary[method] = {k: dict(zip(("mean", "sd"), mean_sd([f(m) for m in per_seed]))) for k, f in keys.items()}
+        summary[method]["per_seed"] = {str(s): {k: f(cells[(method, s)]) for k, f in keys.items()} for s in seeds}
+    judge_desc = cells[(methods[0], seeds[0])]["judge"]
+    cmd = (f"python evaluate.py benchmark --concept \"{concept.name}\" --methods {','.join(methods)} "
+           f"--attacks {','.join(attacks)} --seeds {a.seeds} --seed {a.seed}"
+           + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
+                     if getattr(a, k + "_args")))
+    head = ["method", "concept rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
+           [f"ASR {at} ↓ (pre)" for at in attacks] + ["erase s", "erase UNet evals"]
+    lines = [f"# Benchmark: erasing \"{concept.name}\"", "",
+             f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}; mean ± sample standard deviation over seeds). "
+             f"Judge: {judge_desc}.", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for method in methods:
+        s = summary[method]
+        cells_row = [method] + [fmt_ms((s[k]["mean"], s[k]["sd"] if a.seeds > 1 else None))
+                                for k in ("concept_rate", "preservation")]
+        cells_row.append(fmt_ms((s["frechet_distance"]["mean"], s["frechet_distance"]["sd"] if a.seeds > 1 else None), 2))
+        for at in attacks:
+            cells_row.append(f"{fmt_ms((s[f'asr_{at}']['mean'], s[f'asr_{at}']['sd'] if a.seeds > 1 else None))} "
+                             f"({s[f'pre_asr_{at}']['mean']:.3f})")
+        cells_row += [fmt(s["erase_seconds"]["mean"], 0), fmt(s["erase_unet_evals"]["mean"], 0)]
+        lines.append("| " + " | ".join(cells_row) + " |")
+    lines += ["", "Concept rate: share of the concept's own prompts whose picture the judge says shows the concept. "
+              "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
+              "prompts showing the concept after the attack or already before it (pre).", ""]
+    points = []
+    for method in methods:
+        s = summary[method]
+        asr = np.mean([s[f"asr_{at}"]["mean"] for at in attacks])
+        if s["preservation"]["mean"] is not None:
+            points.append((method, s["preservation"]["mean"], 1 - float(asr)))
+        src = os.path.join(work, "runs", f"{method}_s{seeds[0]}", "before_after.png")
+        if os.path.exists(src):
+            import shutil
+            shutil.copy(src, os.path.join(out, f"{method}_before_after.png"))
+            lines.append(f"**{method}** before (top) / after (bottom), seed {seeds[0]}: ![{method}]({method}_before_after.png)")
+            lines.append("")
+    if points:
+        scatter_png(points, os.path.join(out, "robustness_vs_utility.png"), "preservation (utility)",
+                    "1 - mean ASR (robustness)")
+        lines += ["![robustness vs utility](robustness_vs_utility.png)", ""]
+    json.dump({"concept": concept.name, "seeds": seeds, "methods": methods, "attacks": attacks, "command": cmd,
+               "judge": judge_desc, "summary": summary, "wall_seconds_this_call": time.time() - t0,
+               "cells_run_this_call": int(ran)}, open(os.path.join(out, "metrics.json"), "w"), indent=1)
+    open(os.path.join(out, "report.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(methods) + 6]))
+    print(f"wrote {out}/report.md, metrics.json, robustness_vs_utility.png ({ran} cells run in "
+          f"{time.time() - t0:.0f} s; cells in {work})")
+
+
 def add_model_args(p):
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the run's base, else mini)")
     p.add_argument("--weights", default=None, help="run folder written by erase.py")
@@ -327,6 +514,18 @@ def main(argv=None):
     t.add_argument("evals", nargs="+", help="folders written by evaluate.py evaluate")
     t.add_argument("--labels", nargs="*", help="row labels, one per folder")
     t.set_defaults(func=cmd_table)
+    b = sub.add_parser("benchmark", help="erase with each method, attack with each attack, evaluate; one table")
+    b.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    b.add_argument("--methods", default="all", help=f"all, or a comma-separated list of: {', '.join(BENCH_METHODS)}")
+    b.add_argument("--attacks", default="all", help=f"all, or a comma-separated list of: {', '.join(BENCH_ATTACKS)}")
+    b.add_argument("--seeds", type=int, default=BENCH_SEEDS, help="seeds per method (consecutive from --seed)")
+    b.add_argument("--seed", type=int, default=SEED)
+    b.add_argument("--model", default=None, help="base model for every cell (default: mini world)")
+    b.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>)")
+    b.add_argument("--work", default=None, help="cells: runs, attacks, evaluations (default work/benchmark/<concept>)")
+    for k in ("erase", "attack", "eval"):
+        b.add_argument(f"--{k}-args", default="", help=f"extra arguments for every {k} call, one quoted string")
+    b.set_defaults(func=cmd_benchmark)
     a = p.parse_args(argv)
     if getattr(a, "num_images", 1) < 1 or getattr(a, "steps", 1) < 1 or getattr(a, "batch", 1) < 1:
         sdlib.fail("--num-images, --steps and --batch must be at least 1")

@@ -1,0 +1,65 @@
+"""evaluate.py benchmark: every cell runs once, the table aggregates over seeds, and a stopped benchmark resumes
+to the same table."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(tiny_model, tmp_path, *more):
+    cmd = [sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--model", tiny_model,
+           "--methods", "base,uce", "--attacks", "cce", "--seeds", "2", "--work", str(tmp_path / "work"),
+           "--out", str(tmp_path / "out"), "--erase-args", "--grid-seeds 1",
+           "--attack-args", "--steps 2 --num-images 2 --batch 2 --num-targets 2 --eval-steps 2",
+           "--eval-args", "--num-seeds 1 --num-other 3 --steps 2", *more]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
+    r = bench(tiny_model, tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    m = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert m["methods"] == ["base", "uce"] and m["seeds"] == [0, 1] and m["cells_run_this_call"] == 2 * 3 + 2 * 2
+    for method in ("base", "uce"):
+        s = m["summary"][method]
+        per = [s["per_seed"][k]["asr_cce"] for k in ("0", "1")]
+        assert abs(s["asr_cce"]["mean"] - sum(per) / 2) < 1e-9  # the table's number is the mean of the cells
+        assert 0 <= s["concept_rate"]["mean"] <= 1
+    assert m["summary"]["base"]["erase_seconds"]["mean"] is None  # the base model costs nothing to erase
+    assert m["summary"]["uce"]["erase_unet_evals"]["mean"] is not None
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| uce |" in report and "| base |" in report and os.path.exists(tmp_path / "out" / "robustness_vs_utility.png")
+    # a benchmark stopped before one cell finished: only that cell runs again, and the table is the same
+    shutil.rmtree(tmp_path / "work" / "attacks" / "uce_s1_cce")
+    shutil.rmtree(tmp_path / "work" / "eval" / "uce_s1")
+    r = bench(tiny_model, tmp_path)
+    assert r.returncode == 0, r.stderr
+    m2 = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert m2["cells_run_this_call"] == 2
+    assert without_seconds(m2["summary"]) == without_seconds(m["summary"])  # bit-identical results on CPU
+
+
+def without_seconds(x):
+    """A summary without the wall-clock figures (the only part a rerun may change)."""
+    if isinstance(x, dict):
+        return {k: without_seconds(v) for k, v in x.items() if "seconds" not in k}
+    return x
+
+
+def test_benchmark_rejects_unknown_names(tmp_path):
+    r = subprocess.run([sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--methods", "esd-x,nope",
+                        "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown method nope" in r.stderr and "stereo" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_scatter_png(tmp_path):
+    evaluate.scatter_png([("a", 0.2, 0.9), ("b", 1.0, 0.0)], str(tmp_path / "p.png"), "x", "y")
+    from PIL import Image
+    assert Image.open(tmp_path / "p.png").size == (480, 480)
