@@ -1,4 +1,5 @@
 """The mini world's data: deterministic, held-out triples respected, captions name what is drawn; prompt files."""
+import json
 import numpy as np
 import pytest
 
@@ -83,3 +84,30 @@ def test_concepts():
     assert not any("triangle" in p for p in tri.anchors)
     with pytest.raises(data.DataError, match="mini-world concepts: stripes, dots, van gogh"):
         data.get_concept("picasso")
+
+
+def test_real_sd_presets_are_consistent():
+    for name in data.SD_CONCEPTS:
+        c = data.get_concept(name, "sd")
+        assert c.prompts and len(c.prompts) == len(c.templates) == len(c.guides) == len(c.scene_anchors)
+        assert [t.format(c.words) for t in c.templates] == c.prompts  # attacks put their token where the words were
+        assert c.judge in ("clip", "nudenet") and c.other_prompts
+        assert not any(c.words in a for row in c.scene_anchors for a in row)  # anchors drop the concept
+    assert data.get_concept("van gogh", "sd").prompts != data.get_concept("van gogh", "mini").prompts
+    assert data.world_of(32) == "mini" and data.world_of(512) == "sd"
+    with pytest.raises(data.DataError, match="real-SD concepts"):
+        data.get_concept("nudity", "mini")
+
+
+def test_concept_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"name": "monet", "words": "monet", "prompts": ["a lake by monet"],
+                                "templates": ["a lake by {}"], "judge": "clip"}))
+    c = data.get_concept("ignored", "sd", str(path))
+    assert c.name == "monet" and c.guides == [""]
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a x"]}))
+    with pytest.raises(data.DataError, match="must contain"):
+        data.get_concept("x", "sd", str(path))
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "colour": 1}))
+    with pytest.raises(data.DataError, match="unknown keys"):
+        data.get_concept("x", "sd", str(path))
