@@ -2,6 +2,8 @@
 
     python attack.py --attack cce --concept "van gogh" --weights runs/esd_van_gogh --out attacks/cce_esd
     python attack.py --attack unlearndiff --concept "van gogh" --weights runs/esd_van_gogh --out attacks/ud_esd
+    python attack.py --attack p4d-n --concept "van gogh" --weights runs/esd_van_gogh --out attacks/p4dn_esd
+    python attack.py --attack ringabell --concept "van gogh" --weights runs/esd_van_gogh --out attacks/rab_esd
 
 Target prompts are the concept's prompts (one seed each); an attack writes results.csv (per target prompt: the
 adversarial prompt, whether the plain prompt already showed the concept, whether the attack shows it), the
@@ -10,6 +12,7 @@ ASR counts a prompt as a success when its attacked picture shows the concept or 
 the plain-prompt rate (pre-ASR) is reported beside it.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +26,7 @@ import losses
 import sd as sdlib
 
 # ---- settings ----------------------------------------------------------------------------------------------------
-ATTACKS = ["cce", "unlearndiff"]
+ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
 SEED = 0
 EVAL_STEPS, EVAL_GUIDANCE = 25, 5.0  # DDIM steps and guidance of every picture judged
 NUM_TARGETS = 30  # target prompts (the first N of the concept's prompts, evenly spread)
@@ -42,6 +45,28 @@ UD_T_MIN, UD_T_MAX = 50, 950
 UD_ITERS_PER_T = 4  # iterations at each timestep of the sweep
 UD_LR = 0.05
 UD_CHECK_EVERY = 2  # judge the hard prompts after every this many timesteps; successful prompts stop early
+# P4D (Chin et al. 2024): a discrete prompt P* for the erased model that makes it predict the original model's noise
+# for the target prompt P; found with PEZ (Wen et al. 2023). p4d-n: N free tokens; p4d-k: a token after every k of P
+P4D_ITERATIONS = 200  # the paper runs 3000 on SD v1.4; 200 keeps a mini-world run to minutes on a CPU
+P4D_LR, P4D_WEIGHT_DECAY = 0.1, 0.1  # AdamW on the continuous embeddings, as in the paper
+P4D_NUM_TOKENS = 16  # P4D-N: N free tokens replace the prompt
+P4D_INSERT_EVERY = 3  # P4D-K: k; a learned token after every k prompt tokens, the prompt tokens fixed
+P4D_PROJECTION = "cosine"  # PEZ's nearest-token projection: cosine similarity (PEZ's choice) or l2 distance
+P4D_CHECK_EVERY = 40  # iterations between drawing and judging the current tokens; a success stops early
+# Ring-A-Bell (Tsai et al. 2024): model-agnostic, text encoder only. A concept vector c from prompt pairs, the target
+# tau(P) + eta c per target prompt, then a genetic search for K tokens whose encoding is closest to the target
+RB_NUM_TOKENS = 16  # K, tokens of the discovered prompt
+RB_ETA = 3.0  # eta, strength of the concept vector (the paper tunes it per concept)
+RB_POPULATION = 64  # sequences per target prompt (the paper: 200 on SD v1.4)
+RB_GENERATIONS = 40  # (the paper: 3000); cost = targets x (population + generations x (population - elite))
+RB_CROSSOVER = 0.5  # probability that a child is the single-point crossover of its two parents, else a copy of one
+RB_MUTATION = 0.25  # probability that a child gets one position replaced by a random vocabulary token
+RB_ELITE = 4  # the best sequences carried over unchanged: the best fitness never gets worse
+RB_SHAPE_PAIRS = "swap"  # shape concepts: pair each prompt with the same caption and another shape (swap) or "shape"
+RB_BATCH = 512  # sequences per text-encoder call in the search
+# P4D and Ring-A-Bell: which tokens a discovered prompt may use. words: whole-word tokens ('</w>') whose text maps back
+# to the same token, so the decoded prompt re-tokenises to the searched tokens; all: every non-special token (papers)
+TOKEN_POOL = "words"
 
 
 def log(msg):
@@ -177,6 +202,352 @@ def generate_with_prefix(sd, tokens, targets, ids, a):
     return np.concatenate(out)
 
 
+# ---- shared by P4D and Ring-A-Bell: the original model after a run is applied, hand-built token sequences -------
+def original_weights(sd, run_dir):
+    """Copies of the base tensors that the run folder will overwrite: {'unet': {name: tensor}, 'text_encoder': {...}}.
+
+    Taken before sd.apply_run; with torch.func.functional_call they give the ORIGINAL model's outputs on the erased
+    one, at the memory cost of the changed tensors only. run_dir None (attacking the base model): nothing changes."""
+    from safetensors import safe_open
+    out = {"unet": {}, "text_encoder": {}}
+    if not run_dir:
+        return out
+    with safe_open(os.path.join(run_dir, sdlib.RUN_WEIGHTS), "pt") as f:
+        keys = list(f.keys())
+    params = {"unet": dict(sd.unet.named_parameters()), "text_encoder": dict(sd.text_encoder.named_parameters())}
+    for key in keys:  # 'unet.<name>', or 'lora.unet.<layer>.lora_A' merged into '<layer>.weight' (see sd.apply_run)
+        if key.startswith("lora."):
+            if not key.endswith(".lora_A"):
+                continue
+            part, name = key[len("lora."):-len(".lora_A")].split(".", 1)
+            name += ".weight"
+        else:
+            part, name = key.split(".", 1)
+        if name in params.get(part, {}):
+            out[part][name] = params[part][name].detach().clone()
+    return out
+
+
+def original_eps(sd, original, z, t, cond):
+    """The original model's noise prediction: the base tensors the run changed swapped in for this call only."""
+    sd.counts["unet"] += len(z)
+    t = torch.as_tensor(t, device=sd.device)
+    return torch.func.functional_call(sd.unet, original["unet"], (z, t, cond)).sample
+
+
+def encode_ids(sd, ids, inject=None, weights=None):
+    """Text-encoder hidden states (B, 77, D) of token ids built by hand (B, 77), counted like sd.encode.
+
+    inject {placeholder id: (B, D) vectors} as in sd.encode; weights: tensors used instead of the text encoder's own
+    (the original model's, from original_weights)."""
+    sd.counts["text_encoder"] += len(ids)
+    with sdlib._injected(sd, inject) if inject else contextlib.nullcontext():
+        return torch.func.functional_call(sd.text_encoder, weights or {}, (ids,))[0]
+
+
+def vocab_ids(sd, pool="all"):
+    """Ids a discrete attack may use (TOKEN_POOL): all rows of the embedding table but the special tokens (BOS,
+    EOS/padding), or only the whole-word tokens whose decoded text tokenises back to themselves (words). Sub-word
+    tokens glue onto their neighbour when decoded ('paraly' 'of' -> 'paralyof'), so only about 1 in 5 random
+    16-token prompts of all tokens survives decode and re-tokenising; of whole-word tokens, practically all do."""
+    special = set(sd.tokenizer.all_special_ids)
+    ids = [i for i in range(sd.text_encoder.get_input_embeddings().num_embeddings) if i not in special]
+    if pool == "words":
+        ids = [i for i, t in zip(ids, sd.tokenizer.convert_ids_to_tokens(ids)) if t.endswith("</w>")]
+        back = sd.tokenizer([sd.tokenizer.decode([i]) for i in ids], add_special_tokens=False).input_ids
+        ids = [i for i, b in zip(ids, back) if b == [i]]
+    elif pool != "all":
+        raise ValueError(f"unknown token pool {pool!r}; accepted: words, all")
+    return torch.tensor(ids, device=sd.device)
+
+
+def with_specials(sd, rows):
+    """Token id lists (each at most 75 long) or a (B, K) tensor -> (B, 77) ids: BOS, the tokens, EOS, padding."""
+    tok, length = sd.tokenizer, sd.tokenizer.model_max_length
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = torch.full((len(rows), length), pad, dtype=torch.long)
+    if torch.is_tensor(rows):  # (B, K) of equal length: no Python loop (the genetic search sends thousands)
+        out[:, 0], out[:, 1:rows.shape[1] + 1], out[:, rows.shape[1] + 1] = tok.bos_token_id, rows, tok.eos_token_id
+        return out.to(sd.device)
+    for i, row in enumerate(rows):
+        row = [tok.bos_token_id, *[int(x) for x in row], tok.eos_token_id]
+        if len(row) > length:
+            raise ValueError(f"a token sequence of {len(row) - 2} tokens does not fit in {length - 2}")
+        out[i, :len(row)] = torch.tensor(row)
+    return out.to(sd.device)
+
+
+def decode_ids(sd, seq):
+    """(77,) ids with BOS/EOS -> the prompt text between them."""
+    seq = seq.tolist()
+    end = seq.index(sd.tokenizer.eos_token_id, 1) if sd.tokenizer.eos_token_id in seq[1:] else len(seq)
+    return sd.tokenizer.decode(seq[1:end]).strip()
+
+
+def round_trips(sd, seq, prompts):
+    """(B,) bool: does each decoded prompt tokenise back to exactly its token ids seq (B, 77)?"""
+    return (sdlib.tokenize(sd, prompts) == seq.to(sd.device)).all(1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate_from_ids(sd, seq, seeds, steps, guidance):
+    """Pictures for token ids (N, 77) through the (erased) model's own text encoder: exactly the tokens a discrete
+    attack found, whether or not their decoded text tokenises back to them."""
+    cond = torch.cat([encode_ids(sd, seq[i:i + 64].to(sd.device)) for i in range(0, len(seq), 64)])
+    return generate_from_embeddings(sd, cond, seeds, steps, guidance)
+
+
+def judge_with_score(judge, images):
+    """(hit, score) per picture; score ranks candidates: hit + the mini judge's probability of the concept's class
+    (other judges only say yes or no, so their score is the hit alone)."""
+    import evaluate
+    hit = np.asarray(judge(images), bool)
+    score = hit.astype(float)
+    if isinstance(judge, evaluate.MiniJudge):
+        import mini
+        with torch.no_grad():
+            logits = judge.model(mini.to_tensor(images))[judge.attribute]
+        score += logits.softmax(-1)[:, judge.index].numpy()
+    return hit, score
+
+
+# ---- P4D ---------------------------------------------------------------------------------------------------------
+def pez_project(cont, table, metric="cosine"):
+    """PEZ's projection: the index of the row of table (V, D) nearest to each continuous embedding (..., D), by
+    cosine similarity or L2 distance."""
+    flat = cont.reshape(-1, cont.shape[-1]).to(table.dtype)
+    if metric == "cosine":
+        score = torch.nn.functional.normalize(flat, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    elif metric == "l2":
+        score = -torch.cdist(flat, table)
+    else:
+        raise ValueError(f"unknown projection {metric!r}; accepted: cosine, l2")
+    return score.argmax(-1).view(cont.shape[:-1])
+
+
+def pez_step(cont, loss_fn, opt, table, vocab, metric, rows=None):
+    """One PEZ step (Wen et al. 2023) on cont (n, L, D): project rows of cont to their nearest vocabulary embeddings,
+    evaluate loss_fn on those exact table rows, and apply that gradient to the continuous embeddings
+    (straight-through). Returns (loss, token ids (m, L) of the projected rows)."""
+    rows = torch.arange(len(cont), device=cont.device) if rows is None else rows
+    ids = vocab[pez_project(cont.detach()[rows], table[vocab], metric)]  # (m, L)
+    hard = table[ids].detach().requires_grad_(True)  # (m, L, D): exactly vocabulary embeddings
+    loss = loss_fn(hard)
+    grad, = torch.autograd.grad(loss, hard)
+    cont.grad = torch.zeros_like(cont)
+    cont.grad[rows] = grad.to(cont.dtype)  # straight-through: d loss / d hard applied to the continuous rows
+    opt.step()
+    return loss.item(), ids
+
+
+def p4d_k_layout(prompt_ids, k, slots):
+    """P4D-K: the prompt's tokens with slots[j] after every k of them (one at the end if the prompt is shorter than
+    k); at most 75 tokens in all, the prompt cut to fit. Returns (ids, number of slots used)."""
+    fit = len(prompt_ids)
+    while fit + max(1, fit // k) > 75:
+        fit -= 1
+    out, used = [], 0
+    for i, tid in enumerate(prompt_ids[:fit]):
+        out.append(tid)
+        if (i + 1) % k == 0:
+            out.append(slots[used])
+            used += 1
+    if not used:
+        out.append(slots[0])
+        used = 1
+    return out, used
+
+
+def p4d(sd, target_images, concept, targets, judge, a, original):
+    """P4D: a prompt P* for the erased model whose noise prediction on the noised target picture matches the ORIGINAL
+    model's for the target prompt P, min || e_erased(z_t, t, P*) - e_orig(z_t, t, P) ||^2 with t and the noise drawn
+    afresh every iteration. P* is discrete: PEZ keeps continuous embeddings, projects them to their nearest vocabulary
+    tokens in the forward pass and applies the gradient to the continuous ones. p4d-n: N free tokens replace P;
+    p4d-k: a learned token after every k tokens of P, P's tokens fixed. Every check_every iterations the erased model
+    draws the projected tokens and the judge decides; each target keeps the candidate the judge scores highest and
+    stops once it succeeds. The prompts returned are the kept tokens decoded."""
+    table = sd.text_encoder.get_input_embeddings().weight.detach()  # (V, D)
+    vocab, n = vocab_ids(sd, a.token_pool), len(targets)
+    if a.attack == "p4d-n":
+        slots = sdlib.add_tokens(sd, [f"<p4d{j}>" for j in range(a.num_tokens)])
+        layouts = [slots] * n
+    else:
+        prompt_ids = [sd.tokenizer(p, add_special_tokens=False).input_ids for p, _ in targets]
+        most = max(max(1, len(r) // a.insert_every) for r in prompt_ids)
+        slots = sdlib.add_tokens(sd, [f"<p4d{j}>" for j in range(most)])
+        layouts = [p4d_k_layout(r, a.insert_every, slots)[0] for r in prompt_ids]
+    seq = with_specials(sd, layouts)  # (n, 77): the learned tokens' places hold placeholder ids
+    learned_mask = torch.isin(seq, torch.tensor(slots, device=sd.device))
+    gen = torch.Generator().manual_seed(a.seed)
+    start = vocab[torch.randint(len(vocab), (n, len(slots)), generator=gen).to(sd.device)]  # random real tokens
+    cont = table[start].float().clone().requires_grad_(True)  # (n, L, D) the continuous embeddings PEZ optimises
+    opt = torch.optim.AdamW([cont], lr=a.lr, weight_decay=a.weight_decay)
+    z0_all = image_latents(sd, target_images)  # (n, 4, h, w)
+    with torch.no_grad():  # P's conditioning under the original text encoder, fixed for the whole run
+        cond_orig = encode_ids(sd, sdlib.tokenize(sd, [p for p, _ in targets]), weights=original["text_encoder"])
+    acp = sd.scheduler.alphas_cumprod.to(sd.device)
+    done, kept_at = np.zeros(n, bool), np.full(n, -1)
+    best_score, best_hit = np.full(n, -np.inf), np.zeros(n, bool)
+    best_prompts, best_images, best_seq = [p for p, _ in targets], np.zeros_like(target_images), seq.clone()
+
+    def fill(rows, ids):  # placeholders of seq[rows] -> the projected tokens ids (m, L)
+        out = seq[rows].clone()
+        for j, sid in enumerate(slots):
+            out = torch.where(out == sid, ids[:, j:j + 1], out)
+        return out
+
+    bar = tqdm(range(a.iterations), desc=a.attack)
+    for it in bar:
+        active = np.flatnonzero(~done)
+        if not len(active):
+            break
+        act = torch.from_numpy(active).to(sd.device)
+        z0 = z0_all[act]
+        t = torch.randint(0, len(acp), (len(act),), generator=gen).to(sd.device)
+        noise = torch.randn(z0.shape, generator=gen).to(z0)
+        a_t = acp[t].view(-1, 1, 1, 1).to(z0.dtype)
+        zt = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise  # forward diffusion q(z_t | z_0)
+        with torch.no_grad():
+            e_orig = original_eps(sd, original, zt, t, cond_orig[act])
+
+        def loss_fn(hard):  # hard (m, L, D): the projected tokens' embeddings
+            cond = encode_ids(sd, seq[act], inject={sid: hard[:, j] for j, sid in enumerate(slots)})
+            return losses.p4d_loss(sdlib.eps(sd, sd.unet, zt, t, cond), e_orig)
+
+        loss, ids = pez_step(cont, loss_fn, opt, table, vocab, a.projection, rows=act)
+        if not np.isfinite(loss):
+            raise RuntimeError(f"{a.attack}: loss is {loss} at iteration {it}; lower --lr")
+        bar.set_postfix(loss=f"{loss:.4f}", active=len(active), refresh=False)
+        if (it + 1) % a.check_every == 0 or it == a.iterations - 1:
+            cand = fill(act, ids)  # (m, 77) real tokens only
+            prompts = [decode_ids(sd, row) for row in cand]
+            images = generate_from_ids(sd, cand, [targets[i][1] for i in active], a.eval_steps, a.eval_guidance)
+            hit, score = judge_with_score(judge, images)
+            for j, i in enumerate(active):
+                if score[j] >= best_score[i]:  # ties go to the later, longer-optimised candidate
+                    best_score[i], best_hit[i], best_prompts[i] = score[j], hit[j], prompts[j]
+                    best_images[i], best_seq[i], kept_at[i] = images[j], cand[j], it + 1
+            done[active[hit]] = True
+    learned = {"sequence_ids": best_seq.cpu(), "learned_mask": learned_mask.cpu(), "continuous": cont.detach()}
+    info = {"kept_at_iteration": kept_at.tolist(),
+            "text_round_trip": round_trips(sd, best_seq, best_prompts).tolist()}
+    return best_prompts, best_images, best_hit, learned, info
+
+
+# ---- Ring-A-Bell -------------------------------------------------------------------------------------------------
+def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
+    """Prompt pairs that differ only in the concept, from the mini world's caption grammar: (with, without).
+
+    A style: the same shape and colour with the style's words and plain ('a red circle in the style of van gogh',
+    'a red circle'). A shape: the same colour and style with the shape swapped for each other shape (swap), or for
+    the word 'shape' (the mini world's text encoder never saw that word, so it is no neutral point there)."""
+    if concept.attribute == "style":
+        return [(data.prompt_for(s, c, concept.value), data.prompt_for(s, c, "plain"))
+                for s in data.SHAPES for c in data.COLOR_NAMES]
+    if concept.attribute == "shape":
+        others = [s for s in data.SHAPES if s != concept.value] if shape_pairs == "swap" else ["shape"]
+        return [(data.prompt_for(concept.value, c, st), data.prompt_for(o, c, st))
+                for c in data.COLOR_NAMES for st in data.STYLES for o in others]
+    raise data.DataError(f"Ring-A-Bell needs prompt pairs for concept {concept.name!r}; it has them for the "
+                         f"mini world's styles and shapes: {', '.join(data.MINI_CONCEPTS)}")
+
+
+def genetic_search(fitness, n, length, vocab, population, generations, crossover, mutation, elite, gen,
+                   progress=False):
+    """Minimise fitness over token sequences: n independent searches at once (one per target prompt), each a
+    population of sequences of `length` ids drawn from vocab. Each generation keeps the `elite` best and fills the
+    rest with children: two parents by tournaments of two, single-point crossover with probability crossover, one
+    token replaced by a random one with probability mutation. fitness: ids (n, P, length) -> (n, P), lower is better.
+    Returns (the best sequence of each search (n, length), best fitness after each generation (generations + 1, n))."""
+    vocab = vocab.cpu()
+
+    def sample(shape):
+        return vocab[torch.randint(len(vocab), shape, generator=gen)]
+
+    rows, positions = torch.arange(n)[:, None, None], torch.arange(length)
+    pop = sample((n, population, length))
+    fit = fitness(pop).cpu()
+    history = [fit.min(1).values]
+    m = population - elite
+    for _ in tqdm(range(generations), desc="genetic search", disable=not progress):
+        order = fit.argsort(1)
+        pop, fit = pop[rows[..., 0], order], fit.gather(1, order)  # best first
+
+        def tournament():  # (n, m) index of the fitter of two random members
+            i, j = torch.randint(population, (2, n, m), generator=gen)
+            return torch.where(fit.gather(1, i) <= fit.gather(1, j), i, j)
+
+        mum, dad = pop[rows[..., 0], tournament()], pop[rows[..., 0], tournament()]  # (n, m, length)
+        cut = torch.randint(1, max(2, length), (n, m, 1), generator=gen)
+        crossed = torch.rand(n, m, 1, generator=gen) < crossover
+        child = torch.where(crossed & (positions >= cut), dad, mum)
+        mutated = torch.rand(n, m, 1, generator=gen) < mutation
+        spot = positions == torch.randint(length, (n, m, 1), generator=gen)
+        child = torch.where(mutated & spot, sample((n, m, length)), child)
+        pop = torch.cat([pop[:, :elite], child], 1)
+        fit = torch.cat([fit[:, :elite], fitness(child).cpu()], 1)
+        history.append(fit.min(1).values)
+    return pop[torch.arange(n), fit.argmin(1)], torch.stack(history)
+
+
+def encode_prompts(sd, prompts, weights):
+    """Text-encoder hidden states (B, 77, D) of prompts under the given (original) text-encoder tensors."""
+    return torch.cat([encode_ids(sd, sdlib.tokenize(sd, prompts[i:i + RB_BATCH]), weights=weights)
+                      for i in range(0, len(prompts), RB_BATCH)])
+
+
+@torch.no_grad()
+def generate_from_embeddings(sd, cond, seeds, steps, guidance, batch=64):
+    """Pictures for text-encoder outputs cond (N, 77, D) fed straight to the UNet; uncond is the model's own ''."""
+    out = []
+    for i in range(0, len(cond), batch):
+        c = cond[i:i + batch].to(sd.dtype)
+        z, _ = sdlib.ddim(sd, sd.unet, sdlib.initial_latents(sd, seeds[i:i + batch]), c,
+                          sdlib.encode(sd, [""] * len(c)), guidance, steps)
+        out.append(sdlib.decode(sd, z))
+    return np.concatenate(out)
+
+
+def ringabell(sd, _, concept, targets, judge, a, original):
+    """Ring-A-Bell: the concept vector c = mean over prompt pairs of tau(with) - tau(without) on the text encoder's
+    full (77, D) output, the target tau(P) + eta c for each target prompt P, and a genetic search for K tokens whose
+    encoding is closest to it; the erased model then draws the discovered tokens. Model-agnostic: tau is the
+    ORIGINAL text encoder, and the search spends text-encoder evaluations only. ringabell-continuous feeds the target
+    embedding straight to the erased UNet instead (no prompt: an upper bound on what a prompt can reach)."""
+    te, n, seeds = original["text_encoder"], len(targets), [s for _, s in targets]
+    pairs = ring_a_bell_pairs(concept, a.shape_pairs)
+    with sdlib.Timer(sd) as search, torch.no_grad():
+        c = losses.ring_a_bell_concept_vector(encode_prompts(sd, [w for w, _ in pairs], te),
+                                              encode_prompts(sd, [wo for _, wo in pairs], te))  # (77, D)
+        target = losses.ring_a_bell_target(encode_prompts(sd, [p for p, _ in targets], te), c, a.eta)  # (n, 77, D)
+        if a.attack == "ringabell":
+            def fitness(cand):  # (n, P, K) ids -> (n, P)
+                flat, owner = cand.reshape(-1, cand.shape[-1]), torch.arange(n).repeat_interleave(cand.shape[1])
+                out = [losses.ring_a_bell_loss(encode_ids(sd, with_specials(sd, flat[i:i + RB_BATCH]), weights=te),
+                                               target[owner[i:i + RB_BATCH].to(sd.device)])
+                       for i in range(0, len(flat), RB_BATCH)]
+                return torch.cat(out).view(cand.shape[:2])
+
+            gen = torch.Generator().manual_seed(a.seed)
+            best, history = genetic_search(fitness, n, a.num_tokens, vocab_ids(sd, a.token_pool), a.population,
+                                           a.generations, a.crossover, a.mutation, a.elite, gen, progress=True)
+    info = {"search_cost": search.as_dict(), "concept_pairs": len(pairs), "eta": a.eta}
+    if a.attack == "ringabell-continuous":
+        prompts = [f"[continuous: tau(P) + {a.eta:g} c fed to the UNet] {p}" for p, _ in targets]
+        images = generate_from_embeddings(sd, target, seeds, a.eval_steps, a.eval_guidance)
+        learned = {"concept_vector": c, "target_embeddings": target}
+    else:
+        seq = with_specials(sd, best)
+        prompts = [decode_ids(sd, row) for row in seq]
+        images = generate_from_ids(sd, seq, seeds, a.eval_steps, a.eval_guidance)
+        learned = {"concept_vector": c, "token_ids": best}
+        info["text_round_trip"] = round_trips(sd, seq, prompts).tolist()
+        info["search_fitness"] = {"first": history[0].mean().item(), "last": history[-1].mean().item()}
+        log(f"ringabell: mean best fitness {info['search_fitness']['first']:.4f} -> "
+            f"{info['search_fitness']['last']:.4f} over {a.generations} generations")
+    return prompts, images, judge(images), learned, info
+
+
 def success_rates(pre, hit):
     """ASR counts a target prompt when its attacked picture shows the concept OR its plain picture already did;
     pre_asr is the plain-prompt rate alone, attack_only_rate the attacked pictures alone."""
@@ -211,7 +582,7 @@ def parse(argv=None):
     g.add_argument("--num-vectors", type=int, default=CCE_NUM_VECTORS)
     g.add_argument("--num-images", type=int, default=CCE_IMAGES)
     g.add_argument("--steps", type=int, default=CCE_STEPS)
-    g.add_argument("--lr", type=float, default=None, help=f"CCE {CCE_LR}, UnlearnDiff {UD_LR}")
+    g.add_argument("--lr", type=float, default=None, help=f"CCE {CCE_LR}, UnlearnDiff {UD_LR}, P4D {P4D_LR}")
     g.add_argument("--batch", type=int, default=CCE_BATCH)
     g.add_argument("--init-word", default=CCE_INIT_WORD)
     g = p.add_argument_group("UnlearnDiff")
@@ -220,15 +591,49 @@ def parse(argv=None):
     g.add_argument("--t-min", type=int, default=UD_T_MIN)
     g.add_argument("--t-max", type=int, default=UD_T_MAX)
     g.add_argument("--iters-per-t", type=int, default=UD_ITERS_PER_T)
-    g.add_argument("--check-every", type=int, default=UD_CHECK_EVERY)
+    g.add_argument("--check-every", type=int, default=None,
+                   help=f"UnlearnDiff: timesteps (default {UD_CHECK_EVERY}); P4D: iterations ({P4D_CHECK_EVERY})")
+    g = p.add_argument_group("P4D (p4d-n, p4d-k)")
+    g.add_argument("--iterations", type=int, default=P4D_ITERATIONS)
+    g.add_argument("--num-tokens", type=int, default=None,
+                   help=f"P4D-N: free tokens N (default {P4D_NUM_TOKENS}); Ring-A-Bell: K ({RB_NUM_TOKENS})")
+    g.add_argument("--insert-every", type=int, default=P4D_INSERT_EVERY, help="P4D-K: k")
+    g.add_argument("--weight-decay", type=float, default=P4D_WEIGHT_DECAY, help="AdamW")
+    g.add_argument("--projection", default=P4D_PROJECTION, choices=["cosine", "l2"], help="nearest-token rule")
+    g.add_argument("--token-pool", default=TOKEN_POOL, choices=["words", "all"],
+                   help="P4D and Ring-A-Bell: tokens a prompt may use (words: whole-word tokens that survive decoding)")
+    g = p.add_argument_group("Ring-A-Bell (ringabell, ringabell-continuous)")
+    g.add_argument("--eta", type=float, default=RB_ETA)
+    g.add_argument("--population", type=int, default=RB_POPULATION)
+    g.add_argument("--generations", type=int, default=RB_GENERATIONS)
+    g.add_argument("--crossover", type=float, default=RB_CROSSOVER, help="crossover rate")
+    g.add_argument("--mutation", type=float, default=RB_MUTATION, help="mutation rate")
+    g.add_argument("--elite", type=int, default=RB_ELITE)
+    g.add_argument("--shape-pairs", default=RB_SHAPE_PAIRS, choices=["swap", "shape"],
+                   help="shape concepts: the other prompt of a pair names another shape (swap) or the word 'shape'")
     a = p.parse_args(argv)
-    a.lr = a.lr if a.lr is not None else {"cce": CCE_LR, "unlearndiff": UD_LR}[a.attack]
+    p4d_ = a.attack.startswith("p4d")
+    a.lr = a.lr if a.lr is not None else {"cce": CCE_LR, "unlearndiff": UD_LR}.get(a.attack, P4D_LR if p4d_ else None)
+    if a.check_every is None:
+        a.check_every = P4D_CHECK_EVERY if p4d_ else UD_CHECK_EVERY
+    if a.num_tokens is None:
+        a.num_tokens = P4D_NUM_TOKENS if p4d_ else RB_NUM_TOKENS
     for name in ("num_targets", "num_vectors", "num_images", "steps", "batch", "prefix", "timesteps", "iters_per_t",
-                 "check_every", "eval_steps"):
+                 "check_every", "eval_steps", "iterations", "num_tokens", "insert_every", "population", "elite"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= a.t_min <= a.t_max < 1000:
         sdlib.fail("--t-min and --t-max must satisfy 0 <= t-min <= t-max < 1000")
+    if a.num_tokens > 75:
+        sdlib.fail("--num-tokens must be at most 75 (the text encoder's 77 positions less BOS and EOS)")
+    if a.generations < 0 or a.weight_decay < 0:
+        sdlib.fail("--generations and --weight-decay must not be negative")
+    if a.elite >= a.population:
+        sdlib.fail(f"--elite ({a.elite}) must be smaller than --population ({a.population})")
+    if not (0 <= a.crossover <= 1 and 0 <= a.mutation <= 1):
+        sdlib.fail("--crossover and --mutation are probabilities: between 0 and 1")
+    if not np.isfinite(a.eta):
+        sdlib.fail("--eta must be a finite number")
     return a
 
 
@@ -255,9 +660,13 @@ def main(argv=None):
                 pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.num_images)]
                 reference = sdlib.generate(sd, pool_prompts, [CCE_POOL_SEED + i for i in range(a.num_images)],
                                            a.eval_steps, a.eval_guidance)
-            else:  # UnlearnDiff's target pictures: the original model's picture of each target prompt
+            elif a.attack.startswith("ringabell"):  # model-agnostic: no pictures from the original model
+                reference = None
+            else:  # UnlearnDiff's and P4D's target pictures: the original model's picture of each target prompt
                 reference = sdlib.generate(sd, [p for p, _ in targets], [s for _, s in targets], a.eval_steps,
                                            a.eval_guidance)
+        # P4D and Ring-A-Bell need the original model after the run is applied: keep the tensors it will change
+        original = original_weights(sd, a.weights if run else None)
         if run:
             try:
                 sdlib.apply_run(sd, a.weights, run)
@@ -266,8 +675,13 @@ def main(argv=None):
         plain = sdlib.generate(sd, [p for p, _ in targets], [s for _, s in targets], a.eval_steps, a.eval_guidance)
         pre = judge(plain)
         with sdlib.Timer(sd) as timer:
-            fn = {"cce": cce, "unlearndiff": unlearndiff}[a.attack]
-            adv_prompts, images, hit, learned = fn(sd, reference, concept, targets, judge, a)
+            if a.attack in ("cce", "unlearndiff"):
+                fn = {"cce": cce, "unlearndiff": unlearndiff}[a.attack]
+                adv_prompts, images, hit, learned = fn(sd, reference, concept, targets, judge, a)
+                info = {}
+            else:
+                fn = p4d if a.attack.startswith("p4d") else ringabell
+                adv_prompts, images, hit, learned, info = fn(sd, reference, concept, targets, judge, a, original)
         success = hit | pre
         rates = success_rates(pre, hit)
         rows = [{"target_prompt": p, "evaluation_seed": s, "adversarial_prompt": ap, "pre_attack_success": int(b),
@@ -280,11 +694,12 @@ def main(argv=None):
         data.save_png(data.image_grid(np.concatenate([plain, images]), len(images)), os.path.join(tmp, "grid.png"))
         metrics = {"attack": a.attack, "concept": concept.name, "weights": a.weights, "n_targets": len(targets),
                    **rates, "judge": judge.describe(),
-                   "cost": timer.as_dict(), "reference_cost": ref_timer.as_dict(),
+                   "cost": timer.as_dict(), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
     log(f"{a.attack} on {a.weights or 'the base model'}: ASR {metrics['asr']:.3f} (pre-attack {metrics['pre_asr']:.3f}) "
-        f"over {len(targets)} target prompts; {timer.seconds:.0f}s, {timer.unet_evals} UNet evaluations -> {a.out}")
+        f"over {len(targets)} target prompts; {timer.seconds:.0f}s, {timer.unet_evals} UNet and {timer.text_evals} "
+        f"text-encoder evaluations -> {a.out}")
     return metrics
 
 

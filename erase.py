@@ -3,6 +3,8 @@
     python erase.py --method esd --concept "van gogh" --train-method esd-x --out runs/esd_vangogh
     python erase.py --method uce --concept "van gogh" --out runs/uce_vangogh
     python erase.py --method esd --concept triangle --train-method esd-u --out runs/esd_triangle
+    python erase.py --method advunlearn --concept "van gogh" --out runs/advunlearn_vangogh
+    python erase.py --method rece --concept "van gogh" --out runs/rece_vangogh
 
 A run folder holds weights.safetensors (only the changed tensors), config.json (resolved settings, seeds, base
 model and its fingerprint, cost), loss.csv and before_after.png (same seeds before and after). Every later
@@ -10,6 +12,7 @@ command takes --weights RUN (with --model BASE, or the base the run names). --ex
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -23,7 +26,7 @@ import losses
 import sd as sdlib
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
-METHODS = ["esd", "uce", "stereo", "ap", "dm2"]
+METHODS = ["esd", "uce", "stereo", "ap", "dm2", "advunlearn", "rece"]
 SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
@@ -34,6 +37,8 @@ ESD_TRAIN_METHOD = "esd-x"  # esd-x: cross-attention (style/artist); esd-u: all 
 ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
 ESD_START_GUIDANCE = 3.0  # guidance of that partial sampling
 ESD_BATCH = 1  # prompts per step
+ESD_ERASE_PROMPT = "words"  # words: the concept's name alone, as in the paper ("Van Gogh"); prompts: its scene
+#   prompts ("a red circle in the style of van gogh"), which also pushes away from the scene (shape, colour)
 # UCE (Gandikota et al. 2024): one closed-form edit of every cross-attention key and value projection
 UCE_LAMBDA = 0.1  # pull toward the original weights
 UCE_ERASE_SCALE = 1.0
@@ -72,6 +77,16 @@ DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this p
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
 DM2_POOL_SEED = 30_000
+# AdvUnlearn (Zhang et al. 2024): adversarial training of the text encoder (its transformer layers). Each
+# iteration: K sign-gradient steps on a soft prefix that makes the erased model show the concept again, then one
+# ESD step on the adversarial prompt plus gamma times a utility-retaining term on other concepts' prompts
+ADVUNLEARN_PREFIX = 5  # soft prefix tokens of the adversarial prompt (as many as attack.py's UnlearnDiff uses)
+ADVUNLEARN_ATTACK_STEPS = 3  # K: inner attack steps per outer iteration (the prefix is warm-started across them)
+ADVUNLEARN_ATTACK_LR = 1e-3  # alpha: size of each sign-gradient step on the prefix embeddings
+ADVUNLEARN_GAMMA = 0.3  # gamma: weight of the utility-retaining term (epsilon space)
+# RECE (Gong et al. 2024): UCE, then rounds of: closed-form adversarial embedding c' of the edited model, UCE-erase it
+RECE_ROUNDS = 3
+RECE_LAMBDA = 0.1  # lambda: ridge term of c' = (sum W'^T W' + lambda I)^-1 sum W'^T W c
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
 
@@ -91,7 +106,8 @@ def esd(sd, concept, a, state):
     opt = torch.optim.Adam(params.values(), lr=a.lr)
     start = load_checkpoint(state, sd.unet, opt)
     with torch.no_grad():
-        conds = torch.cat([sdlib.encode(sd, concept.prompts[i:i + 64]) for i in range(0, len(concept.prompts), 64)])
+        texts = [concept.words] if a.erase_prompt == "words" else concept.prompts
+        conds = torch.cat([sdlib.encode(sd, texts[i:i + 64]) for i in range(0, len(texts), 64)])
 
     def prompt(gen):  # the erase prompts of this step: (B, 77, D)
         return conds[torch.randint(len(conds), (a.batch,), generator=gen)]
@@ -109,11 +125,12 @@ def esd_loss_fn(sd, frozen, eta):
     return loss_fn
 
 
-def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, seed_offset=0):
-    """The loop ESD, STEREO and AP share: draw the step's prompt, sample x_t by partial DDIM of the model being
-    trained (guided by that prompt), take the method's loss there, step.
+def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, seed_offset=0, module=None):
+    """The loop ESD, STEREO, AP and AdvUnlearn share: draw the step's prompt, sample x_t by partial DDIM of the
+    model being trained (guided by that prompt), take the method's loss there, step.
 
-    prompt_fn(gen) -> cond (B, 77, D); loss_fn(cond, z, t, uncond, gen) -> scalar loss on the trained weights."""
+    prompt_fn(gen) -> cond (B, 77, D); loss_fn(cond, z, t, uncond, gen) -> scalar loss on the trained weights.
+    module: whose trained tensors the checkpoints hold (default the UNet)."""
     with torch.no_grad():
         uncond = sdlib.encode(sd, [""] * a.batch)
     bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations)
@@ -127,7 +144,7 @@ def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, see
         loss = loss_fn(cond, z, t, uncond, gen)
         step_or_stop(state, loss, step, opt)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        save_checkpoint(state, step, sd.unet, opt)
+        save_checkpoint(state, step, module or sd.unet, opt)
 
 
 # ---- STEREO ------------------------------------------------------------------------------------------------------
@@ -393,6 +410,59 @@ def dm2(sd, concept, a, state):
     return changed
 
 
+# ---- AdvUnlearn --------------------------------------------------------------------------------------------------
+def advunlearn(sd, concept, a, state):
+    """AdvUnlearn: min over the text encoder of ESD(c*) + gamma E_{c ~ C_retain} ||e_theta(x_t, c) - e_orig(x_t, c)||^2
+    (losses.advunlearn_loss), c* = [p; c] the step's concept prompt behind a soft prefix p of token embeddings that
+    the inner attack sets by K sign-gradient steps on ||e_theta(x_t, [p; c]) - e_orig(x_t, c)||^2 (the erased
+    model shows the concept again), warm-started from the previous iteration's p. The UNet stays frozen; every
+    target (ESD's e(0) and e(c), the retain term's) comes from the original text encoder and UNet."""
+    a.train_method = "text-encoder"  # recorded in config.json: AdvUnlearn always trains the text encoder
+    # the original model: a frozen copy of the text encoder; shares the UNet, tokenizer and evaluation counters
+    orig = dataclasses.replace(sd, text_encoder=copy.deepcopy(sd.text_encoder).requires_grad_(False))
+    params = sdlib.select_params(sd, "text-encoder")
+    opt = torch.optim.Adam(params.values(), lr=a.lr)
+    start = load_checkpoint(state, sd.text_encoder, opt)
+    names = [f"<advunlearn{i}>" for i in range(a.advunlearn_prefix)]
+    ids = sdlib.add_tokens(sd, names)
+    init = torch.randint(sd.tokenizer.bos_token_id, (len(names),), generator=torch.Generator().manual_seed(a.seed))
+    prefix = sd.text_encoder.get_input_embeddings().weight[init.to(sd.device)].detach().clone()  # (k, D)
+    if "prefix" in state.get("resumed", {}):
+        prefix.copy_(state["resumed"]["prefix"])
+    state["resume_tensors"] = {"prefix": prefix}
+    step = {}
+    mse = torch.nn.functional.mse_loss
+
+    def prompt(gen):  # the step's concept and retain prompts; x_t is sampled under the trained encoder's c
+        pick = torch.randint(len(concept.prompts), (a.batch,), generator=gen).tolist()
+        keep = torch.randint(len(concept.other_prompts), (a.batch,), generator=gen).tolist()
+        step["erase"] = [concept.prompts[i] for i in pick]
+        step["retain"] = [concept.other_prompts[i] for i in keep]
+        return sdlib.encode(sd, step["erase"])
+
+    def loss_fn(cond, z, t, uncond, gen):
+        adv_prompts = [" ".join(names) + " " + p for p in step["erase"]]
+        with torch.no_grad():  # the original model's e(0) (uncond is the original encoder's) and e(c)
+            e_0 = sdlib.eps(sd, sd.unet, z, t, uncond)
+            e_c = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, step["erase"]))
+            e_r_orig = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, step["retain"]))
+        for _ in range(a.advunlearn_attack_steps):
+            p = prefix.clone().requires_grad_(True)
+            attack_loss = mse(sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, adv_prompts, dict(zip(ids, p)))), e_c)
+            grad, = torch.autograd.grad(attack_loss, p)  # reaches the prefix only, not the encoder's weights
+            prefix.sub_(a.advunlearn_attack_lr * grad.sign())  # in place: the checkpoint holds this tensor
+        state["log_extra"] = {"attack_loss": round(attack_loss.item(), 6)}  # at the last inner step
+        e_adv = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, adv_prompts, dict(zip(ids, prefix))))
+        e_r = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, step["retain"]))
+        return losses.advunlearn_loss(e_adv, e_0, e_c, a.eta, e_r, e_r_orig, a.advunlearn_gamma)
+
+    # the loop runs on the original model's view: its unconditional embedding (x_t's guidance, ESD's e(0)) is the
+    # original encoder's, the same in a resumed run; the trained encoder enters through prompt() and loss_fn()
+    esd_loop(orig, opt, prompt, loss_fn, start, a.iterations, a, state, "advunlearn", module=sd.text_encoder)
+    state["extra_tensors"] = {f"adversarial.{n}": v for n, v in zip(names, prefix)}  # the last adversarial prefix
+    return {f"text_encoder.{n}": p for n, p in params.items()}
+
+
 # ---- UCE ---------------------------------------------------------------------------------------------------------
 def last_token_onward(sd, prompts):
     """Text embeddings from each prompt's last real token to the end of the 77 positions, as UCE uses them.
@@ -408,9 +478,9 @@ def last_token_onward(sd, prompts):
     return out
 
 
-def uce(sd, concept, a, state):
-    """UCE: W = (lam W0 + sum_e v*_e c_e^T + sum_p W0 c_p c_p^T)(lam I + sum_e c_e c_e^T + sum_p c_p c_p^T)^-1
-    for every cross-attention key and value projection, with v*_e = W0 c_guide (losses.uce_closed_form)."""
+def uce_columns(sd, concept, a):
+    """UCE's columns: erased-concept embeddings c_e (E, D), their guides c_g (E, D) position by position, and
+    preserved embeddings c_p (P, D) of a seeded draw of other concepts' prompts (None with --preserve 0)."""
     with torch.no_grad():
         erase = last_token_onward(sd, concept.prompts)
         guide = last_token_onward(sd, concept.guides)
@@ -421,22 +491,71 @@ def uce(sd, concept, a, state):
         keep = list(rng.choice(len(concept.other_prompts), min(a.preserve, len(concept.other_prompts)),
                                replace=False)) if a.preserve else []
         c_p = torch.cat(last_token_onward(sd, [concept.other_prompts[i] for i in keep])) if keep else None
-    names = [n for n in dict(sd.unet.named_parameters()) if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n]
-    if not names:
+    return c_e, c_g, c_p
+
+
+def cross_attention_kv(sd):
+    """{name: weight} of every cross-attention key and value projection: what UCE and RECE edit."""
+    params = {n: p for n, p in sd.unet.named_parameters() if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n}
+    if not params:
         raise ValueError("UCE found no cross-attention key/value projections (attn2.to_k / attn2.to_v) in the UNet")
-    params = dict(sd.unet.named_parameters())
+    return params
+
+
+def uce(sd, concept, a, state, columns=None):
+    """UCE: W = (lam W0 + sum_e v*_e c_e^T + sum_p W0 c_p c_p^T)(lam I + sum_e c_e c_e^T + sum_p c_p c_p^T)^-1
+    for every cross-attention key and value projection, with v*_e = W0 c_guide (losses.uce_closed_form)."""
+    c_e, c_g, c_p = columns or uce_columns(sd, concept, a)
+    params = cross_attention_kv(sd)
     changed = {}
-    for n in tqdm(names, desc="uce"):
-        w0 = params[n].detach()
+    for n, p in tqdm(params.items(), desc="uce"):
+        w0 = p.detach()
         v_target = c_g @ w0.T  # (E, out): v* = W0 c_guide
         w = losses.uce_closed_form(w0, c_e, v_target, c_p, a.uce_lambda, a.erase_scale, a.preserve_scale)
         with torch.no_grad():
-            params[n].copy_(w.to(w0.dtype))
-        changed[f"unet.{n}"] = params[n]
+            p.copy_(w.to(w0.dtype))
+        changed[f"unet.{n}"] = p
     state["log"].append({"step": 0, "loss": float("nan"), "columns_erase": len(c_e),
                          "columns_preserve": 0 if c_p is None else len(c_p)})
-    print(f"uce: edited {len(names)} projections with {len(c_e)} erase and "
+    print(f"uce: edited {len(params)} projections with {len(c_e)} erase and "
           f"{0 if c_p is None else len(c_p)} preserve columns")
+    return changed
+
+
+# ---- RECE --------------------------------------------------------------------------------------------------------
+def rece(sd, concept, a, state):
+    """RECE: the UCE edit, then rounds of (a) the adversarial embedding c' = (sum_l W'_l^T W'_l + lam I)^-1
+    (sum_l W'_l^T W_l) c over every cross-attention key and value projection (W' edited, W original), per token
+    for every column c that UCE erases: what the edited model maps closest to where the original maps the concept;
+    (b) a UCE edit of W' that sends c' to the guide (v* = W c_guide) while keeping the preserved columns at W' c_p
+    and W near W' (uce_closed_form with W' in the place of W0).
+
+    loss.csv per round, relative to the target's norm: rece_regen (||W' c' - W c||) before and after the round's
+    edit, rece_guide_residual (||W' c' - W c_guide||), rece_concept_residual (||W' c - W c_guide||)."""
+    c_e, c_g, c_p = uce_columns(sd, concept, a)
+    params = cross_attention_kv(sd)
+    w_orig = [p.detach().clone() for p in params.values()]
+    changed = uce(sd, concept, a, state, (c_e, c_g, c_p))
+    concept_targets = [c_e @ w.T for w in w_orig]  # (E, out) per projection: where the original maps the concept
+    guide_targets = [c_g @ w.T for w in w_orig]
+
+    def gap(c, targets):  # sqrt(sum_l ||W'_l c - T_l||^2 / sum_l ||T_l||^2), over every projection
+        num = sum(float(((c @ p.detach().T - t) ** 2).sum()) for p, t in zip(params.values(), targets))
+        return round((num / sum(float((t ** 2).sum()) for t in targets)) ** 0.5, 6)
+
+    for r in range(a.rece_rounds):
+        with torch.no_grad():
+            c_adv = losses.rece_adversarial_embedding([p.detach() for p in params.values()], w_orig, c_e,
+                                                      a.rece_lambda)  # (E, D)
+            row = {"step": r + 1, "loss": float("nan"), "rece_regen_before": gap(c_adv, concept_targets)}
+            for p, v in zip(params.values(), guide_targets):
+                p.copy_(losses.uce_closed_form(p.detach(), c_adv, v, c_p, a.uce_lambda, a.erase_scale,
+                                               a.preserve_scale).to(p.dtype))
+            row.update(rece_regen_after=gap(c_adv, concept_targets), rece_guide_residual=gap(c_adv, guide_targets),
+                       rece_concept_residual=gap(c_e, guide_targets))
+        state["log"].append(row)
+        log(f"rece round {r + 1}/{a.rece_rounds}: ||W'c' - Wc|| {row['rece_regen_before']:.4f} -> "
+            f"{row['rece_regen_after']:.4f} (relative)")
     return changed
 
 
@@ -480,7 +599,7 @@ def step_or_stop(state, loss, step, opt):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    state["log"].append({"step": step, "loss": round(loss.item(), 6)})
+    state["log"].append({"step": step, "loss": round(loss.item(), 6), **state.pop("log_extra", {})})
 
 
 def before_after_prompts(concept, n=GRID_PROMPTS):
@@ -516,6 +635,8 @@ def parse(argv=None):
     g.add_argument("--ddim-steps", type=int, default=ESD_DDIM_STEPS)
     g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
     g.add_argument("--batch", type=int, default=ESD_BATCH)
+    g.add_argument("--erase-prompt", default=ESD_ERASE_PROMPT, choices=["words", "prompts"],
+                   help="ESD's c: the concept's words alone, or its scene prompts")
     g = p.add_argument_group("STEREO (also uses --train-method, --lr, --eta, --ddim-steps, --batch)")
     g.add_argument("--rounds", type=int, default=STEREO_ROUNDS, help="stage-1 erase-then-attack rounds (K)")
     g.add_argument("--ste-iterations", type=int, default=STEREO_STE_ITERATIONS)
@@ -546,6 +667,15 @@ def parse(argv=None):
     g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
     g.add_argument("--mini-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini"),
                    help="mini judge whose features DM2 verifies with")
+    g = p.add_argument_group("AdvUnlearn (trains the text encoder; also uses --iterations, --lr, --eta, --ddim-steps, "
+                             "--start-guidance, --batch)")
+    g.add_argument("--advunlearn-prefix", type=int, default=ADVUNLEARN_PREFIX, help="soft prefix tokens")
+    g.add_argument("--advunlearn-attack-steps", type=int, default=ADVUNLEARN_ATTACK_STEPS, help="K")
+    g.add_argument("--advunlearn-attack-lr", type=float, default=ADVUNLEARN_ATTACK_LR, help="alpha")
+    g.add_argument("--advunlearn-gamma", type=float, default=ADVUNLEARN_GAMMA, help="gamma: utility-retaining weight")
+    g = p.add_argument_group("RECE (starts from the UCE edit and uses UCE's settings)")
+    g.add_argument("--rece-rounds", type=int, default=RECE_ROUNDS)
+    g.add_argument("--rece-lambda", type=float, default=RECE_LAMBDA, help="lambda of the adversarial embedding")
     g = p.add_argument_group("UCE")
     g.add_argument("--uce-lambda", type=float, default=UCE_LAMBDA)
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
@@ -553,10 +683,15 @@ def parse(argv=None):
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
     a = p.parse_args(argv)
     for name in ("iterations", "ddim_steps", "batch", "rounds", "ste_iterations", "ti_steps", "ti_images",
-                 "reo_iterations"):
+                 "reo_iterations", "advunlearn_prefix", "advunlearn_attack_steps", "rece_rounds"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
+    if a.rece_lambda <= 0:
+        sdlib.fail("--rece-lambda must be positive (it keeps the adversarial embedding's system invertible)")
     return a
+
+
+METHOD_FNS = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2, "advunlearn": advunlearn, "rece": rece}
 
 
 def main(argv=None):
@@ -580,7 +715,7 @@ def main(argv=None):
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:
-                changed = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2}[a.method](sd, concept, a, state)
+                changed = METHOD_FNS[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
         after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)

@@ -68,3 +68,29 @@ def straight_through_one_hot(probs):
     """Forward: the one-hot of each row's argmax; backward: the gradient of probs (straight-through)."""
     hard = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
     return hard + probs - probs.detach()
+
+
+def advunlearn_loss(e_adv, e_uncond, e_concept, eta, e_retain, e_retain_orig, gamma):
+    """AdvUnlearn (Zhang et al. 2024), upper level: ESD(c*) + gamma E_{c~C_retain} ||e_theta(x_t, c) - e(x_t, c)||^2.
+
+    e_adv: the trained model on the adversarial prompt c*; e_uncond, e_concept: the frozen original on 0 and c;
+    e_retain, e_retain_orig: trained and original on retain prompts. Both terms in epsilon space."""
+    return esd_loss(e_adv, e_uncond, e_concept, eta) + gamma * F.mse_loss(e_retain, e_retain_orig.detach())
+
+
+def rece_adversarial_embedding(w_edit, w_orig, c, lam):
+    """RECE (Gong et al. 2024): c' = (sum_l W'_l^T W'_l + lam I)^-1 (sum_l W'_l^T W_l) c.
+
+    The minimiser of sum_l ||W'_l c' - W_l c||^2 + lam ||c'||^2: the embedding the edited projections W'_l map
+    closest to where the original projections W_l map c. w_edit, w_orig: lists of (out_l, in); c: (N, in) rows
+    (each row solved on its own) or (in,). Returns c' with c's shape and dtype."""
+    d_in = c.shape[-1]
+    gram = lam * torch.eye(d_in, dtype=torch.float64, device=c.device)  # (in, in)
+    cross = torch.zeros(d_in, d_in, dtype=torch.float64, device=c.device)
+    for we, wo in zip(w_edit, w_orig, strict=True):
+        we, wo = we.double(), wo.double()
+        gram = gram + we.T @ we
+        cross = cross + we.T @ wo
+    rows = c.double().reshape(-1, d_in)  # (N, in)
+    return torch.linalg.solve(gram, cross @ rows.T).T.reshape(c.shape).to(c.dtype)
+
