@@ -94,3 +94,22 @@ def rece_adversarial_embedding(w_edit, w_orig, c, lam):
     rows = c.double().reshape(-1, d_in)  # (N, in)
     return torch.linalg.solve(gram, cross @ rows.T).T.reshape(c.shape).to(c.dtype)
 
+
+def p4d_loss(e_erased, e_original):
+    """P4D (Chin et al. 2024): || e_erased(z_t, t, P*) - e_original(z_t, t, P) ||^2, the original frozen."""
+    return F.mse_loss(e_erased, e_original.detach())
+
+
+def ring_a_bell_concept_vector(emb_with, emb_without):
+    """Ring-A-Bell (Tsai et al. 2024): c = 1/N sum_i [tau(P_i with concept) - tau(P_i without)], (N,77,D)->(77,D)."""
+    return (emb_with - emb_without).mean(0)
+
+
+def ring_a_bell_target(emb, concept_vector, eta):
+    """Ring-A-Bell's problematic embedding: tau(P) + eta * c, for every prompt of emb (B, 77, D)."""
+    return emb + eta * concept_vector
+
+
+def ring_a_bell_loss(emb, target):
+    """Ring-A-Bell's search objective: || tau(P^) - (tau(P) + eta c) ||^2 per row (mean over 77 x D)."""
+    return (emb - target).pow(2).flatten(1).mean(1)
