@@ -566,6 +566,7 @@ def pick_targets(concept, n, seed):
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attack", required=True, choices=ATTACKS)
+    p.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
     p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
     p.add_argument("--weights", help="run folder of the erased model (omit to attack the base model itself)")
     p.add_argument("--model", default=None, help="base model (default: the one the run names, else mini world)")
@@ -646,12 +647,12 @@ def main(argv=None):
     import evaluate
     a = parse(argv)
     try:
-        concept = data.get_concept(a.concept)
-        if a.attack.startswith("ringabell"):
-            ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
         run = sdlib.read_run_config(a.weights) if a.weights else None
         # the original model first: it draws the attack's reference pictures; the run is applied after
         sd = sdlib.load(a.model or (run["base_model"] if run else None), a.device, a.half)
+        concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
+        if a.attack.startswith("ringabell"):
+            ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     judge = evaluate.make_judge(concept, a)

@@ -343,8 +343,14 @@ def dm2(sd, concept, a, state):
     pool = attack.image_latents(sd, pool_images)
     reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
                                [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
-    f_ref = torch.from_numpy(evaluate.judge_features(reference, a.mini_dir)).float()
-    f_concept = torch.from_numpy(evaluate.judge_features(pool_images, a.mini_dir)).float()
+    if data.world_of(sd.image_size) == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
+        encoder_name = "mini judge penultimate features"
+        def enc(x): return torch.from_numpy(evaluate.judge_features(x, a.mini_dir)).float()  # noqa: E306
+    else:
+        clip = evaluate.ClipJudge(concept.name, [], a.clip_arch, a.clip_weights)
+        encoder_name = f"open_clip {a.clip_arch} image encoder ({a.clip_weights})"
+        def enc(x): return clip.image_features(x).float()  # noqa: E306
+    f_ref, f_concept = enc(reference), enc(pool_images)
     mined, loop = [], 0
     loops_path = os.path.join(state["dir"], "dm2_loops.pt")
     if os.path.exists(loops_path):  # resume after the last completed loop
@@ -368,7 +374,7 @@ def dm2(sd, concept, a, state):
         vecs = torch.stack([learned[n] for n in names])  # (L, D)
         x_c = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
                              inject=dict(zip(ids, vecs)), progress=False)
-        score = verify_score(torch.from_numpy(evaluate.judge_features(x_c, a.mini_dir)).float(), f_ref, f_concept)
+        score = verify_score(enc(x_c), f_ref, f_concept)
         scores.append(score)
         state["log"].append({"step": loop, "verify_score": round(score, 4)})
         log(f"dm2 loop {loop + 1}: verify score s(c) = {score:.3f} (threshold {a.dm2_threshold})")
@@ -405,7 +411,7 @@ def dm2(sd, concept, a, state):
         setattr(sd.unet.get_submodule(parent), child, layer.base)
     state["extra_json"] = {"lora": {"r": a.dm2_rank, "alpha": float(a.dm2_rank), "scaling": scaling},
                            "dm2_loops": loop, "dm2_verify_scores": scores,
-                           "dm2_features": "mini judge penultimate features"}
+                           "dm2_features": encoder_name}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
 
@@ -617,6 +623,7 @@ def tqdm(it, **kw):
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
     p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
     p.add_argument("--out", help="run folder (default runs/<method>_<concept>)")
     p.add_argument("--seed", type=int, default=SEED)
@@ -665,6 +672,8 @@ def parse(argv=None):
     g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
     g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
     g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
+    g.add_argument("--clip-arch", default="ViT-B-32", help="real SD: open_clip model whose image encoder verifies")
+    g.add_argument("--clip-weights", default=None, help="real SD: open_clip checkpoint file for that encoder")
     g.add_argument("--mini-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini"),
                    help="mini judge whose features DM2 verifies with")
     g = p.add_argument_group("AdvUnlearn (trains the text encoder; also uses --iterations, --lr, --eta, --ddim-steps, "
@@ -697,14 +706,11 @@ METHOD_FNS = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2, "a
 def main(argv=None):
     a = parse(argv)
     try:
-        concept = data.get_concept(a.concept)
-    except data.DataError as e:
+        sd = sdlib.load(a.model, a.device, a.half)
+        concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
+    except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     a.out = a.out or os.path.join("runs", f"{a.method}_{data.slug(concept.name)}")
-    try:
-        sd = sdlib.load(a.model, a.device, a.half)
-    except sdlib.LoadError as e:
-        sdlib.fail(str(e))
     torch.manual_seed(a.seed)
     before_prompts, other_prompts = before_after_prompts(concept)
     grid_prompts = [p for p in before_prompts + other_prompts for _ in range(a.grid_seeds)]

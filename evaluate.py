@@ -233,8 +233,8 @@ def measure(sd, concept, judge, a):
 
 
 def cmd_evaluate(a):
-    concept = data.get_concept(a.concept)
     sd = load_model(a)
+    concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
     judge = make_judge(concept, a)
     with sdlib.output_dir(a.out, a.overwrite) as tmp:
         m, c_images, o_images = measure(sd, concept, judge, a)
@@ -258,8 +258,11 @@ def fmt(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def report_table(rows, attacks=("cce", "unlearndiff")):
-    """Markdown table: one row per evaluated model."""
+def report_table(rows, attacks=None):
+    """Markdown table: one row per evaluated model (attack columns: those any row has, in BENCH_ATTACKS order)."""
+    if attacks is None:
+        seen = {x for m in rows for x in m.get("attacks", {})}
+        attacks = [x for x in BENCH_ATTACKS if x in seen] + sorted(seen - set(BENCH_ATTACKS))
     head = ["model", "concept rate", "preservation", "Frechet dist."] + \
            [f"ASR {x} (pre)" for x in attacks] + ["erase s", "erase UNet evals"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -298,8 +301,10 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
     "stereo": ["--method", "stereo"],
     "ap": ["--method", "ap"],
     "dm2": ["--method", "dm2"],
+    "advunlearn": ["--method", "advunlearn"],
+    "rece": ["--method", "rece"],
 }
-BENCH_ATTACKS = ["cce", "unlearndiff"]
+BENCH_ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
 BENCH_SEEDS = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -375,7 +380,10 @@ def scatter_png(points, path, xlabel, ylabel, size=480):
 def cmd_benchmark(a):
     import shlex
     import time
-    concept = data.get_concept(a.concept)
+    try:  # only the name is needed here; each cell resolves the concept for its own model
+        concept = data.get_concept(a.concept, "mini")
+    except data.DataError:
+        concept = data.get_concept(a.concept, "sd")
     methods = pick(a.methods, BENCH_METHODS, "method")
     attacks = pick(a.attacks, BENCH_ATTACKS, "attack")
     if a.seeds < 1:
@@ -498,6 +506,7 @@ def main(argv=None):
     g.set_defaults(func=cmd_generate)
     e = sub.add_parser("evaluate", help="concept rate, preservation, Frechet distance (and attack ASRs) of a model")
     e.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    e.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
     e.add_argument("--attacks", nargs="*", help="attack output folders to fold into the report")
     e.add_argument("--out", required=True)
     e.add_argument("--seed", type=int, default=SEED)
