@@ -31,7 +31,8 @@ SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
 ESD_ITERATIONS = 200
-ESD_LR = 2e-4
+ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-4}  # by --train-method:
+#   esd-u trains 14x more weights than esd-x; at 2e-4 it wrecked the mini model (preservation 0.52), at 2e-5 not
 ESD_ETA = 1.0  # negative guidance: how far past "unconditional" the target pushes away from the concept
 ESD_TRAIN_METHOD = "esd-x"  # esd-x: cross-attention (style/artist); esd-u: all but cross-attention (objects, nudity)
 ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
@@ -637,7 +638,8 @@ def parse(argv=None):
     g = p.add_argument_group("ESD")
     g.add_argument("--train-method", default=ESD_TRAIN_METHOD, choices=list(sdlib.PARAM_RULES))
     g.add_argument("--iterations", type=int, default=ESD_ITERATIONS)
-    g.add_argument("--lr", type=float, default=ESD_LR)
+    g.add_argument("--lr", type=float, default=None, help="default by --train-method: " +
+                   ", ".join(f"{k} {v:g}" for k, v in ESD_LR.items()))
     g.add_argument("--eta", type=float, default=ESD_ETA, help="negative guidance scale")
     g.add_argument("--ddim-steps", type=int, default=ESD_DDIM_STEPS)
     g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
@@ -697,6 +699,10 @@ def parse(argv=None):
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
     if a.rece_lambda <= 0:
         sdlib.fail("--rece-lambda must be positive (it keeps the adversarial embedding's system invertible)")
+    if a.lr is None:  # the resolved rate is what config.json records
+        a.lr = ESD_LR["text-encoder" if a.method == "advunlearn" else a.train_method]
+    if a.lr <= 0:
+        sdlib.fail("--lr must be positive")
     return a
 
 

@@ -467,7 +467,8 @@ def cmd_benchmark(a):
         if os.path.exists(src):
             import shutil
             shutil.copy(src, os.path.join(out, f"{method}_before_after.png"))
-            lines.append(f"**{method}** before (top) / after (bottom), seed {seeds[0]}: ![{method}]({method}_before_after.png)")
+            lines.append(f"**{method}**, seed {seeds[0]} (rows: the concept's prompts before, after; other concepts' "
+                         f"prompts before, after): ![{method}]({method}_before_after.png)")
             lines.append("")
     if points:
         scatter_png(points, os.path.join(out, "robustness_vs_utility.png"), "preservation (utility)",
