@@ -67,6 +67,7 @@ RB_BATCH = 512  # sequences per text-encoder call in the search
 # P4D and Ring-A-Bell: which tokens a discovered prompt may use. words: whole-word tokens ('</w>') whose text maps back
 # to the same token, so the decoded prompt re-tokenises to the searched tokens; all: every non-special token (papers)
 TOKEN_POOL = "words"
+CHECKPOINT_EVERY = 10  # steps (CCE), timesteps (UnlearnDiff), iterations (P4D), generations (Ring-A-Bell) per checkpoint
 
 
 def log(msg):
@@ -79,6 +80,41 @@ def tqdm(it, **kw):
 
 
 # ---- CCE ---------------------------------------------------------------------------------------------------------
+class Checkpoint:
+    """One attack loop's state, written atomically into the output's .tmp folder every --checkpoint-every steps and
+    read back with --resume: a stopped attack continues where it stopped and ends with the same results as one that
+    never stopped. One file per loop and torchrun rank; a checkpoint made with other settings is refused."""
+
+    def __init__(self, a, name):
+        rank, world = sdlib.rank_world()
+        folder = getattr(a, "state_dir", None)
+        self.path = os.path.join(folder, f"state_{name}_rank{rank}of{world}.pt") if folder else None
+        self.every, self.resume = getattr(a, "checkpoint_every", 0), getattr(a, "resume", False)
+        self.settings = {k: v for k, v in vars(a).items()
+                         if k not in ("resume", "overwrite", "checkpoint_every", "state_dir", "device")}
+
+    def load(self):
+        """The saved state (a dict with 'step') when resuming and there is one, else None."""
+        if not (self.path and self.resume and os.path.exists(self.path)):
+            return None
+        state = torch.load(self.path, weights_only=False)
+        if state["settings"] != self.settings:
+            diff = sorted(k for k in set(state["settings"]) | set(self.settings)
+                          if state["settings"].get(k) != self.settings.get(k))
+            sdlib.fail(f"checkpoint {self.path} was made with other settings ({', '.join(diff)}); "
+                       "rerun with the same ones or without --resume")
+        log(f"resumed {os.path.basename(self.path)} after step {state['step']}")
+        return state
+
+    def save(self, step, make_state):
+        """After `step` completed steps; make_state() builds the dict (only when a checkpoint is due)."""
+        if not (self.path and self.every) or step % self.every:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        torch.save({"step": step, "settings": self.settings, **make_state()}, self.path + ".part")
+        os.replace(self.path + ".part", self.path)  # a kill while saving leaves the previous checkpoint intact
+
+
 def image_latents(sd, images):
     """(N, H, W, 3) uint8 -> VAE latents (N, 4, h, w) scaled as the UNet sees them (mean of the posterior)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(sd.device, sd.dtype)
@@ -87,12 +123,12 @@ def image_latents(sd, images):
 
 
 def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr, batch, seed, desc="ti",
-                      lr_end=None, clip=None):
+                      lr_end=None, clip=None, ckpt=None):
     """Learn vectors for token_names so that templates.format(tokens) reconstructs each latent under sd.unet.
 
     latents[i] is paired with templates[i]. Only the new vectors are trained; the model and the embedding
     table stay as they are. lr decays linearly to lr_end if given; gradients are clipped to norm clip if given.
-    Returns {token name: (D,) tensor}."""
+    ckpt: a Checkpoint to save to and resume from. Returns {token name: (D,) tensor}."""
     ids = sdlib.add_tokens(sd, token_names)
     table = sd.text_encoder.get_input_embeddings().weight
     init_ids = sd.tokenizer(init_word, add_special_tokens=False).input_ids or [0]
@@ -101,7 +137,15 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
     placeholder = " ".join(token_names)
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc=desc)
+    start = 0
+    if ckpt and (st := ckpt.load()):
+        with torch.no_grad():
+            for v, saved in zip(vecs, st["vecs"]):
+                v.copy_(saved)
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start = st["step"]
+    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps)
     for step in bar:
         idx = torch.randint(len(latents), (batch,), generator=gen)
         z0 = latents[idx]
@@ -123,6 +167,9 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
                 g["lr"] = lr + (lr_end - lr) * step / max(1, steps - 1)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if ckpt:
+            ckpt.save(step + 1, lambda: {"vecs": [v.detach().clone() for v in vecs], "opt": opt.state_dict(),
+                                         "gen": gen.get_state()})
     return {name: v.detach() for name, v in zip(token_names, vecs)}
 
 
@@ -132,7 +179,7 @@ def cce(sd, base_images, concept, targets, judge, a):
     names = [f"<cce{i}>" for i in range(a.num_vectors)]
     pool_templates = [concept.templates[i % len(concept.templates)] for i in range(a.num_images)]
     learned = textual_inversion(sd, image_latents(sd, base_images), pool_templates, names, a.init_word,
-                                a.steps, a.lr, a.batch, a.seed, desc="cce")
+                                a.steps, a.lr, a.batch, a.seed, desc="cce", ckpt=Checkpoint(a, "cce"))
     ids = sdlib.add_tokens(sd, names)  # already registered by textual_inversion: returns their ids
     inject = {i: learned[n] for i, n in zip(ids, names)}
     prompts = [concept.templates[concept.prompts.index(p)].format(" ".join(names)) for p, _ in targets]
@@ -149,17 +196,23 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
     n, k, vocab = len(targets), a.prefix, table.shape[0]
     names = [f"<ud{i}>" for i in range(k)]
     ids = sdlib.add_tokens(sd, names)
-    gen = torch.Generator().manual_seed(a.seed)
-    start = torch.randint(0, vocab - 2, (n, k), generator=gen)  # random real tokens, never BOS/EOS
+    gens = [target_generator(a.seed, s) for _, s in targets]  # each target draws its own: sharding changes nothing
+    start = torch.stack([torch.randint(0, vocab - 2, (k,), generator=g) for g in gens]).reshape(n, k)  # never BOS/EOS
     probs = torch.nn.functional.one_hot(start, vocab).float().to(sd.device).requires_grad_(True)  # (n, k, V)
     opt = torch.optim.Adam([probs], lr=a.lr)
     prompts = [" ".join(names) + " " + p for p, _ in targets]
     z0_all = image_latents(sd, target_images)
-    noise_all = torch.randn(z0_all.shape, generator=gen).to(z0_all)  # one fixed noise per target
+    noise_all = torch.stack([torch.randn(z0_all.shape[1:], generator=g) for g in gens]).to(z0_all)  # fixed per target
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
     done = np.zeros(n, bool)
     sweep = np.linspace(a.t_max, a.t_min, a.timesteps).round().astype(int)
-    bar = tqdm(list(enumerate(sweep)), desc="unlearndiff")
+    ckpt, first = Checkpoint(a, "unlearndiff"), 0
+    if st := ckpt.load():
+        with torch.no_grad():
+            probs.copy_(st["probs"])
+        opt.load_state_dict(st["opt"])
+        done, first = st["done"], st["step"]
+    bar = tqdm(list(enumerate(sweep))[first:], desc="unlearndiff", initial=first, total=len(sweep))
     for block, t in bar:
         active = np.flatnonzero(~done)
         if not len(active):
@@ -171,17 +224,19 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
             hard = losses.straight_through_one_hot(probs[act])  # (m, k, V), one-hot forward
             emb = hard @ table.to(hard.dtype)  # (m, k, D)
             cond = sdlib.encode(sd, [prompts[i] for i in active], inject={ids[j]: emb[:, j] for j in range(k)})
-            loss = losses.denoising_loss(sdlib.eps(sd, sd.unet, zt, t, cond), noise_all[act])
+            # the sum over targets of each one's loss: a target's gradient does not depend on the others
+            loss = losses.denoising_loss(sdlib.eps(sd, sd.unet, zt, t, cond), noise_all[act]) * len(active)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 probs.copy_(losses.project_simplex(probs))
-        bar.set_postfix(loss=f"{loss.item():.4f}", active=len(active), refresh=False)
+        bar.set_postfix(loss=f"{loss.item() / len(active):.4f}", active=len(active), refresh=False)
         if (block + 1) % a.check_every == 0 or block == len(sweep) - 1:
             tokens = probs.argmax(-1).cpu()
             images = generate_with_prefix(sd, tokens[active], [targets[i] for i in active], ids, a)
             done[active[judge(images)]] = True
+        ckpt.save(block + 1, lambda: {"probs": probs.detach().clone(), "opt": opt.state_dict(), "done": done.copy()})
     tokens = probs.argmax(-1).cpu()
     images = generate_with_prefix(sd, tokens, targets, ids, a)
     adv_prompts = [sd.tokenizer.decode(row.tolist()) + " " + p for row, (p, _) in zip(tokens, targets)]
@@ -192,14 +247,9 @@ def generate_with_prefix(sd, tokens, targets, ids, a):
     """Pictures for '<ud0>..<udk> prompt' with each row's prefix tokens' embeddings injected."""
     table = sd.text_encoder.get_input_embeddings().weight.detach()
     names = " ".join(sd.tokenizer.convert_ids_to_tokens(ids))
-    out = []
-    for i in range(0, len(targets), 64):  # batches of 64, each with its own per-row injection
-        rows = tokens[i:i + 64]
-        inject = {tid: table[rows[:, j]] for j, tid in enumerate(ids)}
-        chunk = targets[i:i + 64]
-        out.append(sdlib.generate(sd, [names + " " + p for p, _ in chunk], [s for _, s in chunk], a.eval_steps,
-                                  a.eval_guidance, inject=inject, progress=False))
-    return np.concatenate(out)
+    inject = {tid: table[tokens[:, j].to(table.device)] for j, tid in enumerate(ids)}  # one row per target
+    return sdlib.generate(sd, [names + " " + p for p, _ in targets], [s for _, s in targets], a.eval_steps,
+                          a.eval_guidance, inject=inject, progress=False)
 
 
 # ---- shared by P4D and Ring-A-Bell: the original model after a run is applied, hand-built token sequences -------
@@ -378,8 +428,9 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
         layouts = [p4d_k_layout(r, a.insert_every, slots)[0] for r in prompt_ids]
     seq = with_specials(sd, layouts)  # (n, 77): the learned tokens' places hold placeholder ids
     learned_mask = torch.isin(seq, torch.tensor(slots, device=sd.device))
-    gen = torch.Generator().manual_seed(a.seed)
-    start = vocab[torch.randint(len(vocab), (n, len(slots)), generator=gen).to(sd.device)]  # random real tokens
+    gens = [target_generator(a.seed, s) for _, s in targets]  # each target draws its own: sharding changes nothing
+    start = vocab[torch.stack([torch.randint(len(vocab), (len(slots),), generator=g) for g in gens])
+                  .reshape(n, len(slots)).to(sd.device)]  # random real tokens
     cont = table[start].float().clone().requires_grad_(True)  # (n, L, D) the continuous embeddings PEZ optimises
     opt = torch.optim.AdamW([cont], lr=a.lr, weight_decay=a.weight_decay)
     z0_all = image_latents(sd, target_images)  # (n, 4, h, w)
@@ -396,15 +447,24 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
             out = torch.where(out == sid, ids[:, j:j + 1], out)
         return out
 
-    bar = tqdm(range(a.iterations), desc=a.attack)
+    ckpt, first = Checkpoint(a, "p4d"), 0
+    if st := ckpt.load():
+        with torch.no_grad():
+            cont.copy_(st["cont"])
+        opt.load_state_dict(st["opt"])
+        for g, gs in zip(gens, st["gens"]):
+            g.set_state(gs)
+        done, kept_at, best_score, best_hit = st["done"], st["kept_at"], st["best_score"], st["best_hit"]
+        best_prompts, best_images, best_seq, first = st["best_prompts"], st["best_images"], st["best_seq"], st["step"]
+    bar = tqdm(range(first, a.iterations), desc=a.attack, initial=first, total=a.iterations)
     for it in bar:
         active = np.flatnonzero(~done)
         if not len(active):
             break
         act = torch.from_numpy(active).to(sd.device)
         z0 = z0_all[act]
-        t = torch.randint(0, len(acp), (len(act),), generator=gen).to(sd.device)
-        noise = torch.randn(z0.shape, generator=gen).to(z0)
+        t = torch.stack([torch.randint(0, len(acp), (), generator=gens[i]) for i in active]).to(sd.device)
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=gens[i]) for i in active]).to(z0)
         a_t = acp[t].view(-1, 1, 1, 1).to(z0.dtype)
         zt = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise  # forward diffusion q(z_t | z_0)
         with torch.no_grad():
@@ -412,12 +472,12 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
 
         def loss_fn(hard):  # hard (m, L, D): the projected tokens' embeddings
             cond = encode_ids(sd, seq[act], inject={sid: hard[:, j] for j, sid in enumerate(slots)})
-            return losses.p4d_loss(sdlib.eps(sd, sd.unet, zt, t, cond), e_orig)
+            return losses.p4d_loss(sdlib.eps(sd, sd.unet, zt, t, cond), e_orig) * len(active)  # sum over targets
 
         loss, ids = pez_step(cont, loss_fn, opt, table, vocab, a.projection, rows=act)
         if not np.isfinite(loss):
             raise RuntimeError(f"{a.attack}: loss is {loss} at iteration {it}; lower --lr")
-        bar.set_postfix(loss=f"{loss:.4f}", active=len(active), refresh=False)
+        bar.set_postfix(loss=f"{loss / len(active):.4f}", active=len(active), refresh=False)
         if (it + 1) % a.check_every == 0 or it == a.iterations - 1:
             cand = fill(act, ids)  # (m, 77) real tokens only
             prompts = [decode_ids(sd, row) for row in cand]
@@ -428,6 +488,11 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
                     best_score[i], best_hit[i], best_prompts[i] = score[j], hit[j], prompts[j]
                     best_images[i], best_seq[i], kept_at[i] = images[j], cand[j], it + 1
             done[active[hit]] = True
+        ckpt.save(it + 1, lambda: {"cont": cont.detach().clone(), "opt": opt.state_dict(),
+                                   "gens": [g.get_state() for g in gens], "done": done.copy(), "kept_at": kept_at.copy(),
+                                   "best_score": best_score.copy(), "best_hit": best_hit.copy(),
+                                   "best_prompts": list(best_prompts), "best_images": best_images.copy(),
+                                   "best_seq": best_seq.clone()})
     learned = {"sequence_ids": best_seq.cpu(), "learned_mask": learned_mask.cpu(), "continuous": cont.detach()}
     info = {"kept_at_iteration": kept_at.tolist(),
             "text_round_trip": round_trips(sd, best_seq, best_prompts).tolist()}
@@ -453,11 +518,12 @@ def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
 
 
 def genetic_search(fitness, n, length, vocab, population, generations, crossover, mutation, elite, gen,
-                   progress=False):
+                   progress=False, ckpt=None):
     """Minimise fitness over token sequences: n independent searches at once (one per target prompt), each a
     population of sequences of `length` ids drawn from vocab. Each generation keeps the `elite` best and fills the
     rest with children: two parents by tournaments of two, single-point crossover with probability crossover, one
     token replaced by a random one with probability mutation. fitness: ids (n, P, length) -> (n, P), lower is better.
+    ckpt: a Checkpoint to save to and resume from.
     Returns (the best sequence of each search (n, length), best fitness after each generation (generations + 1, n))."""
     vocab = vocab.cpu()
 
@@ -465,11 +531,17 @@ def genetic_search(fitness, n, length, vocab, population, generations, crossover
         return vocab[torch.randint(len(vocab), shape, generator=gen)]
 
     rows, positions = torch.arange(n)[:, None, None], torch.arange(length)
-    pop = sample((n, population, length))
-    fit = fitness(pop).cpu()
-    history = [fit.min(1).values]
+    start = 0
+    if ckpt and (st := ckpt.load()):
+        pop, fit, history, start = st["pop"], st["fit"], st["history"], st["step"]
+        gen.set_state(st["gen"])
+    else:
+        pop = sample((n, population, length))
+        fit = fitness(pop).cpu()
+        history = [fit.min(1).values]
     m = population - elite
-    for _ in tqdm(range(generations), desc="genetic search", disable=not progress):
+    for g in tqdm(range(start, generations), desc="genetic search", disable=not progress, initial=start,
+                  total=generations):
         order = fit.argsort(1)
         pop, fit = pop[rows[..., 0], order], fit.gather(1, order)  # best first
 
@@ -487,6 +559,8 @@ def genetic_search(fitness, n, length, vocab, population, generations, crossover
         pop = torch.cat([pop[:, :elite], child], 1)
         fit = torch.cat([fit[:, :elite], fitness(child).cpu()], 1)
         history.append(fit.min(1).values)
+        if ckpt:
+            ckpt.save(g + 1, lambda: {"pop": pop, "fit": fit, "history": list(history), "gen": gen.get_state()})
     return pop[torch.arange(n), fit.argmin(1)], torch.stack(history)
 
 
@@ -498,14 +572,18 @@ def encode_prompts(sd, prompts, weights):
 
 @torch.no_grad()
 def generate_from_embeddings(sd, cond, seeds, steps, guidance, batch=64):
-    """Pictures for text-encoder outputs cond (N, 77, D) fed straight to the UNet; uncond is the model's own ''."""
-    out = []
-    for i in range(0, len(cond), batch):
-        c = cond[i:i + batch].to(sd.dtype)
-        z, _ = sdlib.ddim(sd, sd.unet, sdlib.initial_latents(sd, seeds[i:i + batch]), c,
-                          sdlib.encode(sd, [""] * len(c)), guidance, steps)
-        out.append(sdlib.decode(sd, z))
-    return np.concatenate(out)
+    """Pictures for text-encoder outputs cond (N, 77, D) fed straight to the UNet; uncond is the model's own ''.
+    Under torchrun the rows are shared out over the ranks, as in sd.generate."""
+    def run(idx):
+        out = [np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)]
+        for i in range(0, len(idx), batch):
+            rows = idx[i:i + batch]
+            c = cond[rows].to(sd.dtype)
+            z, _ = sdlib.ddim(sd, sd.unet, sdlib.initial_latents(sd, [seeds[r] for r in rows]), c,
+                              sdlib.encode(sd, [""] * len(c)), guidance, steps)
+            out.append(sdlib.decode(sd, z))
+        return np.concatenate(out)
+    return np.stack(sdlib.shard_map(run, len(cond)))
 
 
 def ringabell(sd, _, concept, targets, judge, a, original):
@@ -530,7 +608,8 @@ def ringabell(sd, _, concept, targets, judge, a, original):
 
             gen = torch.Generator().manual_seed(a.seed)
             best, history = genetic_search(fitness, n, a.num_tokens, vocab_ids(sd, a.token_pool), a.population,
-                                           a.generations, a.crossover, a.mutation, a.elite, gen, progress=True)
+                                           a.generations, a.crossover, a.mutation, a.elite, gen, progress=True,
+                                           ckpt=Checkpoint(a, "ringabell"))
     info = {"search_cost": search.as_dict(), "concept_pairs": len(pairs), "eta": a.eta}
     if a.attack == "ringabell-continuous":
         prompts = [f"[continuous: tau(P) + {a.eta:g} c fed to the UNet] {p}" for p, _ in targets]
@@ -546,6 +625,31 @@ def ringabell(sd, _, concept, targets, judge, a, original):
         log(f"ringabell: mean best fitness {info['search_fitness']['first']:.4f} -> "
             f"{info['search_fitness']['last']:.4f} over {a.generations} generations")
     return prompts, images, judge(images), learned, info
+
+
+def target_generator(seed, target_seed):
+    """The random stream of one target prompt (its start tokens, noise and timesteps), from the run's seed and
+    the target's evaluation seed: the same whichever other targets share its batch or its rank."""
+    return torch.Generator().manual_seed(1_000_003 * (seed + 1) + target_seed)
+
+
+PER_TARGET = ("unlearndiff", "p4d-n", "p4d-k")  # attacks that optimise every target prompt on its own
+
+
+def per_target(fn, sd, reference, concept, targets, judge, a, *extra):
+    """Run a PER_TARGET attack over the targets, shared out over torchrun ranks (each rank attacks every W-th
+    target in one batch), and put the pieces back together: (prompts, images, hit, learned, info) for all."""
+    def run(idx):
+        if not idx:
+            return []
+        with sdlib.local_only():
+            adv, images, hit, learned, info = fn(sd, reference[idx], concept, [targets[i] for i in idx], judge, a,
+                                                 *extra)
+        return [(adv[j], images[j], bool(hit[j]), {k: v[j] for k, v in learned.items()},
+                 {k: v[j] for k, v in info.items()}) for j in range(len(idx))]
+    rows = sdlib.shard_map(run, len(targets))
+    return ([r[0] for r in rows], np.stack([r[1] for r in rows]), np.array([r[2] for r in rows]),
+            {k: torch.stack([r[3][k] for r in rows]) for k in rows[0][3]}, {k: [r[4][k] for r in rows] for k in rows[0][4]})
 
 
 def success_rates(pre, hit):
@@ -578,6 +682,9 @@ def parse(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--half", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                   help="steps between checkpoints in <out>.tmp (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped attack from its checkpoint in <out>.tmp")
     add_judge_args(p)
     g = p.add_argument_group("CCE")
     g.add_argument("--num-vectors", type=int, default=CCE_NUM_VECTORS)
@@ -657,7 +764,8 @@ def main(argv=None):
         sdlib.fail(str(e))
     judge = evaluate.make_judge(concept, a)
     targets = pick_targets(concept, a.num_targets, a.seed)
-    with sdlib.output_dir(a.out, a.overwrite) as tmp:
+    a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends
+    with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
         with sdlib.Timer(sd) as ref_timer:
             if a.attack == "cce":  # the pool of concept pictures the attacker inverts, from the original model
                 pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.num_images)]
@@ -678,13 +786,17 @@ def main(argv=None):
         plain = sdlib.generate(sd, [p for p, _ in targets], [s for _, s in targets], a.eval_steps, a.eval_guidance)
         pre = judge(plain)
         with sdlib.Timer(sd) as timer:
-            if a.attack in ("cce", "unlearndiff"):
-                fn = {"cce": cce, "unlearndiff": unlearndiff}[a.attack]
-                adv_prompts, images, hit, learned = fn(sd, reference, concept, targets, judge, a)
+            if a.attack == "cce":  # one learned token for every target: only its pictures are shared out
+                adv_prompts, images, hit, learned = cce(sd, reference, concept, targets, judge, a)
                 info = {}
-            else:
-                fn = p4d if a.attack.startswith("p4d") else ringabell
-                adv_prompts, images, hit, learned, info = fn(sd, reference, concept, targets, judge, a, original)
+            elif a.attack == "unlearndiff":
+                adv_prompts, images, hit, learned, info = per_target(
+                    lambda *x: (*unlearndiff(*x), {}), sd, reference, concept, targets, judge, a)
+            elif a.attack in PER_TARGET:
+                adv_prompts, images, hit, learned, info = per_target(p4d, sd, reference, concept, targets, judge, a,
+                                                                     original)
+            else:  # Ring-A-Bell's search runs on every rank (text encoder only); its pictures are shared out
+                adv_prompts, images, hit, learned, info = ringabell(sd, reference, concept, targets, judge, a, original)
         success = hit | pre
         rates = success_rates(pre, hit)
         rows = [{"target_prompt": p, "evaluation_seed": s, "adversarial_prompt": ap, "pre_attack_success": int(b),
@@ -700,6 +812,9 @@ def main(argv=None):
                    "cost": timer.as_dict(), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
+        for f in os.listdir(a.state_dir) if os.path.isdir(a.state_dir) else []:  # done: the checkpoints go
+            if f.startswith("state_"):
+                os.remove(os.path.join(a.state_dir, f))
     log(f"{a.attack} on {a.weights or 'the base model'}: ASR {metrics['asr']:.3f} (pre-attack {metrics['pre_asr']:.3f}) "
         f"over {len(targets)} target prompts; {timer.seconds:.0f}s, {timer.unet_evals} UNet and {timer.text_evals} "
         f"text-encoder evaluations -> {a.out}")

@@ -711,6 +711,9 @@ METHOD_FNS = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2, "a
 
 def main(argv=None):
     a = parse(argv)
+    if sdlib.rank_world()[1] > 1:
+        sdlib.fail("erase.py trains one model in one process; run it without torchrun (attack.py and evaluate.py "
+                   "share their prompts out over torchrun's ranks)")
     try:
         sd = sdlib.load(a.model, a.device, a.half)
         concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)

@@ -325,8 +325,8 @@ def run_cell(script, args, out, log_path):
     if os.path.exists(out):
         return False
     cmd = [sys.executable, os.path.join(HERE, script), *args, "--out", out]
-    if script == "erase.py" and os.path.exists(out + ".tmp"):
-        cmd.append("--resume")  # a killed erase run continues from its checkpoint
+    if script in ("erase.py", "attack.py") and os.path.exists(out + ".tmp"):
+        cmd.append("--resume")  # a killed erase run or attack continues from its checkpoint
     print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
@@ -380,6 +380,8 @@ def scatter_png(points, path, xlabel, ylabel, size=480):
 def cmd_benchmark(a):
     import shlex
     import time
+    if sdlib.rank_world()[1] > 1:
+        sdlib.fail("the benchmark runs each cell as its own process; run it without torchrun")
     try:  # only the name is needed here; each cell resolves the concept for its own model
         concept = data.get_concept(a.concept, "mini")
     except data.DataError:
@@ -418,7 +420,11 @@ def cmd_benchmark(a):
             ev = os.path.join(work, "eval", tag)
             ran += run_cell("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
                                             *attack_dirs, *extra["eval"]], ev, log_path)
-            cells[(method, seed)] = json.load(open(os.path.join(ev, "metrics.json")))
+            m = json.load(open(os.path.join(ev, "metrics.json")))
+            for d in attack_dirs:  # read from the attack cells, so an attack added later needs no new evaluation
+                am = json.load(open(os.path.join(d, "metrics.json")))
+                m.setdefault("attacks", {})[am["attack"]] = {k: am[k] for k in ("asr", "pre_asr", "n_targets", "cost")}
+            cells[(method, seed)] = m
     # aggregate over seeds
     keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),
             "frechet_distance": lambda m: m.get("frechet_distance"),
@@ -463,12 +469,21 @@ def cmd_benchmark(a):
         asr = np.mean([s[f"asr_{at}"]["mean"] for at in attacks])
         if s["preservation"]["mean"] is not None:
             points.append((method, s["preservation"]["mean"], 1 - float(asr)))
+        grids = []
+        for at in attacks:  # the attack's pictures: plain prompts on the model (top), attacked prompts (bottom)
+            g = os.path.join(work, "attacks", f"{method}_s{seeds[0]}_{at}", "grid.png")
+            if os.path.exists(g):
+                import shutil
+                shutil.copy(g, os.path.join(out, f"{method}_{at}_grid.png"))
+                grids.append(f"[{at}]({method}_{at}_grid.png)")
         src = os.path.join(work, "runs", f"{method}_s{seeds[0]}", "before_after.png")
         if os.path.exists(src):
             import shutil
             shutil.copy(src, os.path.join(out, f"{method}_before_after.png"))
             lines.append(f"**{method}**, seed {seeds[0]} (rows: the concept's prompts before, after; other concepts' "
                          f"prompts before, after): ![{method}]({method}_before_after.png)")
+            if grids:
+                lines.append(f"Attack pictures (plain prompts on top, attacked below): {', '.join(grids)}")
             lines.append("")
     if points:
         scatter_png(points, os.path.join(out, "robustness_vs_utility.png"), "preservation (utility)",

@@ -53,8 +53,8 @@ class SD:
 
 
 def pick_device(name="auto"):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # under torchrun each process takes the GPU of its local rank
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LoadError(f"--device {name} asked for, but no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
@@ -299,20 +299,82 @@ def decode(sd, z):
 
 @torch.no_grad()
 def generate(sd, prompts, seeds, steps=25, guidance=5.0, batch=64, unet=None, inject=None, progress=True):
-    """Pictures (N, H, W, 3) uint8 for prompts[i] with seeds[i]; DDIM with classifier-free guidance."""
+    """Pictures (N, H, W, 3) uint8 for prompts[i] with seeds[i]; DDIM with classifier-free guidance.
+
+    inject as in encode(); a (N, D) value gives prompt i its own row. Under torchrun the prompts are shared out
+    over the ranks (shard_map) and every rank gets all N pictures."""
     from tqdm.auto import tqdm
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     unet = unet or sd.unet
-    out = []
-    chunks = range(0, len(prompts), batch)
-    for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, mininterval=5):
-        p, s = list(prompts[i:i + batch]), seeds[i:i + batch]
-        cond = encode(sd, p, inject)
-        uncond = encode(sd, [""] * len(p))
-        z, _ = ddim(sd, unet, initial_latents(sd, s), cond, uncond, guidance, steps)
-        out.append(decode(sd, z))
-    return np.concatenate(out) if out else np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)
+    per_row = {k for k, v in (inject or {}).items() if v.dim() == 2}
+    for k in per_row:
+        if len(inject[k]) != len(prompts):
+            raise ValueError(f"inject[{k}] has {len(inject[k])} rows for {len(prompts)} prompts")
+
+    def run(idx):
+        out = []
+        chunks = range(0, len(idx), batch)
+        for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, mininterval=5):
+            rows = idx[i:i + batch]
+            inj = {k: (v[rows] if k in per_row else v) for k, v in (inject or {}).items()}
+            cond = encode(sd, [prompts[r] for r in rows], inj)
+            uncond = encode(sd, [""] * len(rows))
+            z, _ = ddim(sd, unet, initial_latents(sd, [seeds[r] for r in rows]), cond, uncond, guidance, steps)
+            out.append(decode(sd, z))
+        return np.concatenate(out) if out else np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)
+
+    pictures = shard_map(run, len(prompts))
+    return np.stack(pictures) if len(pictures) else run([])
+
+
+# ---- several processes: torchrun shares prompt lists out over ranks ------------------------------------------------
+def rank_world():
+    """(rank, world size) from torchrun's environment; (0, 1) in a plain run."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+_LOCAL = [0]  # > 0 inside local_only(): the work at hand is already this rank's own share
+
+
+@contextmanager
+def local_only():
+    """Inside, shard_map runs everything it is given on this rank (for work that was itself sharded)."""
+    _LOCAL[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL[0] -= 1
+
+
+def _dist():
+    import torch.distributed as dist
+    if not dist.is_initialized():  # torchrun's env:// rendezvous; gloo on CPU, NCCL on GPUs
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
+def shard_map(fn, n):
+    """Results of fn for every index 0..n-1, in order, as a list. fn(indices) returns one result per index (a list,
+    or an array/tensor along its first axis). In a plain run fn gets every index at once; under torchrun rank r
+    computes indices r, r + W, r + 2W, ... and the pieces are gathered, so every rank gets every result. A
+    collective: every rank must make the same calls in the same order."""
+    rank, world = rank_world()
+    if world == 1 or _LOCAL[0]:
+        return list(fn(list(range(n))))
+    mine = list(range(rank, n, world))
+    res = [r.cpu() if torch.is_tensor(r) else r for r in fn(mine)]
+    parts = [None] * world
+    _dist().all_gather_object(parts, (mine, res))
+    out = [None] * n
+    for idx, rs in parts:
+        for i, r in zip(idx, rs):
+            out[i] = r
+    return out
+
+
+def is_main_process():
+    return rank_world()[0] == 0
 
 
 # ---- trainable parameters ----------------------------------------------------------------------------------------
@@ -369,7 +431,13 @@ class Timer:
         self.text_evals = self.sd.counts["text_encoder"] - self.c0["text_encoder"]
 
     def as_dict(self):
-        return {"seconds": round(self.seconds, 2), "unet_evals": self.unet_evals, "text_encoder_evals": self.text_evals}
+        """Under torchrun: evaluations summed over ranks, seconds of the slowest rank (every rank must call it)."""
+        sec, unet, text = self.seconds, self.unet_evals, self.text_evals
+        if rank_world()[1] > 1:
+            parts = [None] * rank_world()[1]
+            _dist().all_gather_object(parts, (sec, unet, text))
+            sec, unet, text = max(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+        return {"seconds": round(sec, 2), "unet_evals": unet, "text_encoder_evals": text}
 
 
 # ---- command-line helpers shared by the entry points -------------------------------------------------------------
@@ -389,6 +457,11 @@ def output_dir(path, overwrite=False, resume=False):
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
         fail(f"output folder {path} exists; pass --overwrite to replace it or choose another --out")
+    if not is_main_process():  # under torchrun rank 0 alone writes; the others write into a scratch folder
+        import tempfile
+        with tempfile.TemporaryDirectory() as scratch:
+            yield scratch
+        return
     tmp = path + ".tmp"
     if not resume:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,6 +42,15 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     m2 = json.load(open(tmp_path / "out" / "metrics.json"))
     assert m2["cells_run_this_call"] == 2
     assert without_seconds(m2["summary"]) == without_seconds(m["summary"])  # bit-identical results on CPU
+    # an attack added later: only its cells run, the evaluations are reused, and the old columns stay the same
+    r = bench(tiny_model, tmp_path, "--attacks", "cce,ringabell-continuous")
+    assert r.returncode == 0, r.stderr + r.stdout
+    m3 = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert m3["cells_run_this_call"] == 2 * 2
+    for method in ("base", "uce"):
+        assert m3["summary"][method]["asr_cce"] == m2["summary"][method]["asr_cce"]
+        assert 0 <= m3["summary"][method]["asr_ringabell-continuous"]["mean"] <= 1
+    assert "ASR ringabell-continuous" in (tmp_path / "out" / "report.md").read_text()
 
 
 def without_seconds(x):

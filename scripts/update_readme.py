@@ -1,0 +1,42 @@
+"""Copy the benchmark tables from results/*/report.md into README.md between their markers, so the README shows
+exactly what the benchmark wrote:
+
+    <!-- report: results/benchmark/van_gogh/report.md -->
+    ...replaced by that report's table...
+    <!-- /report -->
+
+    python scripts/update_readme.py
+"""
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- /report -->)", re.S)
+
+
+def table_of(report):
+    lines = open(report).read().splitlines()
+    rows = [ln for ln in lines if ln.startswith("|")]
+    regen = [ln for ln in lines if ln.startswith("Regenerate:")]
+    if not rows:
+        sys.exit(f"error: {report} has no table")
+    return "\n".join(rows + ([""] + regen if regen else [])) + "\n"
+
+
+def main():
+    path = os.path.join(HERE, "README.md")
+    text = open(path).read()
+    found = BLOCK.findall(text)
+    if not found:
+        sys.exit("error: README.md has no <!-- report: PATH --> markers")
+    missing = [p for _, p, _, _ in found if not os.path.exists(os.path.join(HERE, p))]
+    if missing:
+        sys.exit(f"error: no such report: {', '.join(missing)}")
+    text = BLOCK.sub(lambda m: m.group(1) + table_of(os.path.join(HERE, m.group(2))) + m.group(4), text)
+    open(path, "w").write(text)
+    print(f"README.md: {len(found)} table(s) copied from {', '.join(p for _, p, _, _ in found)}")
+
+
+if __name__ == "__main__":
+    main()

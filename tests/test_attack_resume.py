@@ -1,0 +1,101 @@
+"""Every attack checkpoints and resumes: killed right after a checkpoint at a random step, then rerun with --resume,
+it ends with exactly the outputs of a run that was never stopped."""
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import attack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+STEPS = {  # attack -> (its arguments, how many checkpointed steps they make)
+    "cce": (["--steps", "6", "--num-images", "3", "--batch", "2"], 6),
+    "unlearndiff": (["--timesteps", "4", "--iters-per-t", "1", "--check-every", "1"], 4),
+    "p4d-n": (["--iterations", "5", "--check-every", "2", "--num-tokens", "3"], 5),
+    "p4d-k": (["--iterations", "5", "--check-every", "2"], 5),
+    "ringabell": (["--generations", "5", "--population", "4", "--elite", "1", "--num-tokens", "4"], 5),
+}
+
+
+@pytest.fixture(scope="module")
+def erased(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "run"
+    r = subprocess.run([sys.executable, "erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model,
+                        "--out", str(out), "--grid-seeds", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+class Killed(Exception):
+    pass
+
+
+def outputs(folder):
+    rows = list(csv.DictReader(open(folder / "results.csv", newline="")))
+    emb = load_file(str(folder / "embeddings.safetensors"))
+    images = {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "images").iterdir())}
+    m = json.load(open(folder / "metrics.json"))
+    return rows, emb, images, {k: m[k] for k in ("asr", "pre_asr", "attack_only_rate")}
+
+
+@pytest.mark.parametrize("which", list(STEPS))
+def test_attack_killed_at_a_random_step_resumes_bit_identically(erased, which, monkeypatch):
+    torch.set_num_threads(2)
+    extra, steps = STEPS[which]
+    common = ["--attack", which, "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
+              "--eval-steps", "2", "--checkpoint-every", "1", *extra]
+    full, part = erased.parent / f"{which}_full", erased.parent / f"{which}_part"
+    attack.main([*common, "--out", str(full)])
+    assert not any(f.startswith("state_") for f in os.listdir(full))  # checkpoints are gone once it is done
+
+    stop_at = random.Random(f"kill {which}").randint(1, steps - 1)
+    print(f"{which}: killed after step {stop_at} of {steps}")
+    save = attack.Checkpoint.save
+
+    def save_then_die(self, step, make_state):
+        save(self, step, make_state)
+        if step == stop_at:
+            raise Killed
+    monkeypatch.setattr(attack.Checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        attack.main([*common, "--out", str(part)])
+    monkeypatch.undo()
+    assert not part.exists() and any(f.startswith("state_") for f in os.listdir(f"{part}.tmp"))
+
+    resumed_from = []
+    load = attack.Checkpoint.load
+    monkeypatch.setattr(attack.Checkpoint, "load", lambda self: resumed_from.append(load(self)) or resumed_from[-1])
+    attack.main([*common, "--out", str(part), "--resume"])
+    assert [s["step"] for s in resumed_from if s] == [stop_at]  # it really started from the checkpoint
+
+    (rows_a, emb_a, img_a, m_a), (rows_b, emb_b, img_b, m_b) = outputs(full), outputs(part)
+    assert rows_a == rows_b and m_a == m_b and img_a.keys() == img_b.keys()
+    assert all(np.array_equal(img_a[k], img_b[k]) for k in img_a)
+    assert emb_a.keys() == emb_b.keys() and all(torch.equal(emb_a[k], emb_b[k]) for k in emb_a)
+
+
+def test_resume_with_other_settings_is_refused(erased, monkeypatch):
+    common = ["--attack", "unlearndiff", "--concept", "van gogh", "--weights", str(erased), "--num-targets", "2",
+              "--eval-steps", "2", "--checkpoint-every", "1", "--timesteps", "3", "--iters-per-t", "1"]
+    out = erased.parent / "ud_other"
+    save = attack.Checkpoint.save
+
+    def save_then_die(self, step, make_state):
+        save(self, step, make_state)
+        raise Killed
+    monkeypatch.setattr(attack.Checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        attack.main([*common, "--out", str(out)])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        attack.main([*common, "--out", str(out), "--resume", "--lr", "0.5"])
+    assert not out.exists()
