@@ -177,10 +177,15 @@ def stereo(sd, concept, a, state):
     def inject():
         return {ids[n]: v for n, v in tokens.items()}
 
+    def erase_texts(word, idx):  # --erase-prompt words: the concept's words or the token alone, as in the paper;
+        if a.erase_prompt == "words":  # prompts: a scene of the concept with them
+            return [word] * len(idx)
+        return [concept.templates[i].format(word) for i in idx]
+
     def erase_prompt_fn(words_for_step):
-        def prompt(gen):  # a random scene of the concept with the step's words (concept or token)
+        def prompt(gen):
             idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
-            return sdlib.encode(sd, [concept.templates[i].format(words_for_step()) for i in idx], inject())
+            return sdlib.encode(sd, erase_texts(words_for_step(), idx), inject())
         return prompt
 
     stage1 = {"dir": state["dir"], "every": 10 ** 9, "log": state["log"]}  # no mid-round checkpoints
@@ -216,7 +221,7 @@ def stereo(sd, concept, a, state):
         anchors = [concept.scene_anchors[i][int(torch.randint(len(concept.scene_anchors[i]), (1,), generator=gen))]
                    for i in idx]
         turn["anchor"] = sdlib.encode(sd, anchors)
-        return sdlib.encode(sd, [concept.templates[i].format(word) for i in idx], inject())
+        return sdlib.encode(sd, erase_texts(word, idx), inject())
 
     def reo_loss(cond, z, t, uncond, gen):
         with torch.no_grad():
@@ -645,7 +650,7 @@ def parse(argv=None):
     g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
     g.add_argument("--batch", type=int, default=ESD_BATCH)
     g.add_argument("--erase-prompt", default=ESD_ERASE_PROMPT, choices=["words", "prompts"],
-                   help="ESD's c: the concept's words alone, or its scene prompts")
+                   help="ESD's and STEREO's erase prompts: the concept's words (or token) alone, or scenes with them")
     g = p.add_argument_group("STEREO (also uses --train-method, --lr, --eta, --ddim-steps, --batch)")
     g.add_argument("--rounds", type=int, default=STEREO_ROUNDS, help="stage-1 erase-then-attack rounds (K)")
     g.add_argument("--ste-iterations", type=int, default=STEREO_STE_ITERATIONS)
