@@ -350,29 +350,42 @@ def fmt_ms(pair, digits=3):
     return "-" if m is None else f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def scatter_png(points, path, xlabel, ylabel, size=480):
-    """A small labelled scatter plot drawn with PIL (points: (label, x, y) with x, y in [0, 1])."""
+def scatter_png(points, path, xlabel, ylabel, size=560):
+    """A small labelled scatter plot drawn with PIL (points: (label, x, y) with x, y in [0, 1]). The x axis starts
+    just below the lowest x (preservation values crowd near 1); labels that would overlap are stacked."""
     from PIL import Image, ImageDraw
     img = Image.new("RGB", (size, size), "white")
     d = ImageDraw.Draw(img)
-    left, top, right, bottom = 60, 20, size - 20, size - 50
+    left, top, right, bottom = 60, 24, size - 20, size - 50
+    x_lo = max(0.0, np.floor((min([x for _, x, _ in points] + [1.0]) - 0.02) * 20) / 20)
+    x_lo = min(x_lo, 0.9)
+
+    def to_px(x, y):
+        return left + (x - x_lo) / (1 - x_lo) * (right - left), bottom - y * (bottom - top)
+
     d.rectangle([left, top, right, bottom], outline="black")
     for k in range(6):
-        v = k / 5
-        x = left + v * (right - left)
-        y = bottom - v * (bottom - top)
+        vx, vy = x_lo + (1 - x_lo) * k / 5, k / 5
+        x, y = to_px(vx, vy)
         d.line([x, bottom, x, bottom + 4], fill="black")
-        d.text((x - 8, bottom + 6), f"{v:.1f}", fill="black")
+        d.text((x - 10, bottom + 6), f"{vx:.2f}", fill="black")
         d.line([left - 4, y, left, y], fill="black")
-        d.text((left - 30, y - 5), f"{v:.1f}", fill="black")
-    d.text(((left + right) // 2 - 4 * len(xlabel), size - 22), xlabel, fill="black")
-    d.text((4, 4), ylabel, fill="black")
+        d.text((left - 30, y - 5), f"{vy:.1f}", fill="black")
+    d.text(((left + right) // 2 - 3 * len(xlabel), size - 22), xlabel, fill="black")
+    d.text((4, 6), ylabel, fill="black")
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    placed = []  # label boxes already drawn
     for i, (label, x, y) in enumerate(points):
-        px, py = left + x * (right - left), bottom - y * (bottom - top)
+        px, py = to_px(x, y)
         c = colours[i % len(colours)]
         d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=c)
-        d.text((px + 7, py - 6), label, fill=c)
+        w = d.textlength(label)
+        tx = px + 8 if px + 8 + w < size - 4 else px - 8 - w  # left of the point near the right edge
+        ty = py - 6
+        while any(abs(ty - oy) < 12 and tx < ox + ow and ox < tx + w for ox, oy, ow in placed):
+            ty += 12
+        placed.append((tx, ty, w))
+        d.text((tx, ty), label, fill=c)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)
 

@@ -8,4 +8,4 @@ SEEDS=${1:-1}
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce --attacks cce,unlearndiff --seeds "$SEEDS"
 python evaluate.py benchmark --concept triangle --methods base,esd-u --attacks cce,unlearndiff --seeds "$SEEDS"
 # the robust methods beside them
-python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,ap,dm2,stereo --attacks cce,unlearndiff --seeds "$SEEDS"
+python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,ap,stereo,dm2 --attacks cce,unlearndiff --seeds "$SEEDS"

@@ -71,4 +71,4 @@ def test_benchmark_rejects_unknown_names(tmp_path):
 def test_scatter_png(tmp_path):
     evaluate.scatter_png([("a", 0.2, 0.9), ("b", 1.0, 0.0)], str(tmp_path / "p.png"), "x", "y")
     from PIL import Image
-    assert Image.open(tmp_path / "p.png").size == (480, 480)
+    assert Image.open(tmp_path / "p.png").size == (560, 560)
