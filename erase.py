@@ -13,7 +13,6 @@ command takes --weights RUN (with --model BASE, or the base the run names). --ex
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import sys
 import time

@@ -9,9 +9,7 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -49,3 +49,15 @@ def tiny_sd(tiny_model):
     import sd
     torch.set_num_threads(2)
     return sd.load(tiny_model, device="cpu")
+
+
+def uce_run(tiny_model, folder):
+    """A UCE run folder erasing "van gogh" from the tiny model (seconds): the erased model attack tests use."""
+    import pathlib
+    import subprocess
+    out = os.path.join(str(folder), "uce")
+    r = subprocess.run([sys.executable, "erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model,
+                        "--out", out, "--grid-seeds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return pathlib.Path(out)
+

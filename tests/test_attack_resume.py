@@ -4,8 +4,6 @@ import csv
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import attack
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import uce_run
 
 STEPS = {  # attack -> (its arguments, how many checkpointed steps they make)
     "cce": (["--steps", "6", "--num-images", "3", "--batch", "2"], 6),
@@ -28,11 +25,7 @@ STEPS = {  # attack -> (its arguments, how many checkpointed steps they make)
 
 @pytest.fixture(scope="module")
 def erased(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume") / "run"
-    r = subprocess.run([sys.executable, "erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model,
-                        "--out", str(out), "--grid-seeds", "1"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
+    return uce_run(tiny_model, tmp_path_factory.mktemp("resume"))
 
 
 class Killed(Exception):

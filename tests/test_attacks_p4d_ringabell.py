@@ -14,7 +14,7 @@ import attack
 import data
 import losses
 import sd as sdlib
-from conftest import ROOT
+from conftest import ROOT, uce_run
 
 
 def never(images):  # a judge that never sees the concept
@@ -251,11 +251,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def erased(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("p4d_rab") / "uce"
-    r = run("erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model, "--out", str(out),
-            "--grid-seeds", "1")
-    assert r.returncode == 0, r.stderr
-    return out
+    return uce_run(tiny_model, tmp_path_factory.mktemp("p4d_rab"))
 
 
 STEPS = {"p4d-n": ["--iterations", "2", "--check-every", "1"],

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 import sd as sdlib
+from conftest import uce_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,11 +37,7 @@ def rows_of(folder):
 
 @pytest.fixture(scope="module")
 def erased(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shard") / "run"
-    r = run("erase.py", "--method", "uce", "--concept", "van gogh", "--model", tiny_model, "--out", str(out),
-            "--grid-seeds", "1")
-    assert r.returncode == 0, r.stderr
-    return out
+    return uce_run(tiny_model, tmp_path_factory.mktemp("shard"))
 
 
 @pytest.mark.parametrize("which,extra", [
