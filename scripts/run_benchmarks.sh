@@ -9,3 +9,5 @@ python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce --att
 python evaluate.py benchmark --concept triangle --methods base,esd-u --attacks cce,unlearndiff --seeds "$SEEDS"
 # the robust methods beside them
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,ap,stereo,dm2 --attacks cce,unlearndiff --seeds "$SEEDS"
+# Ring-A-Bell against the naive methods and STEREO (its own report, so the table above keeps its columns)
+python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,stereo --attacks cce,ringabell-continuous,ringabell --seeds "$SEEDS" --out results/benchmark/van_gogh_ringabell
