@@ -570,20 +570,10 @@ def encode_prompts(sd, prompts, weights):
                       for i in range(0, len(prompts), RB_BATCH)])
 
 
-@torch.no_grad()
 def generate_from_embeddings(sd, cond, seeds, steps, guidance, batch=64):
-    """Pictures for text-encoder outputs cond (N, 77, D) fed straight to the UNet; uncond is the model's own ''.
-    Under torchrun the rows are shared out over the ranks, as in sd.generate."""
-    def run(idx):
-        out = [np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)]
-        for i in range(0, len(idx), batch):
-            rows = idx[i:i + batch]
-            c = cond[rows].to(sd.dtype)
-            z, _ = sdlib.ddim(sd, sd.unet, sdlib.initial_latents(sd, [seeds[r] for r in rows]), c,
-                              sdlib.encode(sd, [""] * len(c)), guidance, steps)
-            out.append(sdlib.decode(sd, z))
-        return np.concatenate(out)
-    return np.stack(sdlib.shard_map(run, len(cond)))
+    """Pictures for text-encoder outputs cond (N, 77, D) fed straight to the UNet (sd.sample: shared out over
+    torchrun's ranks like any generation)."""
+    return sdlib.sample(sd, lambda rows: cond[rows], seeds, steps, guidance, batch, progress=False)
 
 
 def ringabell(sd, _, concept, targets, judge, a, original):

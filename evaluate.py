@@ -232,6 +232,12 @@ def measure(sd, concept, judge, a):
     return m, c_images, o_images
 
 
+def attack_summary(folder):
+    """(attack name, its ASR, pre-attack rate, target count and cost) from an attack.py output folder."""
+    am = json.load(open(os.path.join(folder, "metrics.json")))
+    return am["attack"], {k: am[k] for k in ("asr", "pre_asr", "n_targets", "cost")}
+
+
 def cmd_evaluate(a):
     sd = load_model(a)
     concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
@@ -242,10 +248,7 @@ def cmd_evaluate(a):
                   "num_seeds": a.num_seeds, "steps": a.steps, "guidance": a.guidance})
         if a.weights:
             m["erase_cost"] = sdlib.read_run_config(a.weights).get("cost")
-        m["attacks"] = {}
-        for d in a.attacks or []:
-            am = json.load(open(os.path.join(d, "metrics.json")))
-            m["attacks"][am["attack"]] = {k: am[k] for k in ("asr", "pre_asr", "n_targets", "cost")}
+        m["attacks"] = dict(attack_summary(d) for d in a.attacks or [])
         json.dump(m, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
         open(os.path.join(tmp, "report.md"), "w").write(report_table([m]) + "\n")
         data.save_png(data.image_grid(c_images[:32], 8), os.path.join(tmp, "concept_grid.png"))
@@ -434,9 +437,8 @@ def cmd_benchmark(a):
             ran += run_cell("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
                                             *attack_dirs, *extra["eval"]], ev, log_path)
             m = json.load(open(os.path.join(ev, "metrics.json")))
-            for d in attack_dirs:  # read from the attack cells, so an attack added later needs no new evaluation
-                am = json.load(open(os.path.join(d, "metrics.json")))
-                m.setdefault("attacks", {})[am["attack"]] = {k: am[k] for k in ("asr", "pre_asr", "n_targets", "cost")}
+            # read from the attack cells, so an attack added later needs no new evaluation
+            m.setdefault("attacks", {}).update(attack_summary(d) for d in attack_dirs)
             cells[(method, seed)] = m
     # aggregate over seeds
     keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),

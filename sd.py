@@ -302,29 +302,40 @@ def generate(sd, prompts, seeds, steps=25, guidance=5.0, batch=64, unet=None, in
     """Pictures (N, H, W, 3) uint8 for prompts[i] with seeds[i]; DDIM with classifier-free guidance.
 
     inject as in encode(); a (N, D) value gives prompt i its own row. Under torchrun the prompts are shared out
-    over the ranks (shard_map) and every rank gets all N pictures."""
-    from tqdm.auto import tqdm
+    over the ranks (see sample) and every rank gets all N pictures."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    unet = unet or sd.unet
     per_row = {k for k, v in (inject or {}).items() if v.dim() == 2}
     for k in per_row:
         if len(inject[k]) != len(prompts):
             raise ValueError(f"inject[{k}] has {len(inject[k])} rows for {len(prompts)} prompts")
+
+    def cond_of(rows):
+        inj = {k: (v[rows] if k in per_row else v) for k, v in (inject or {}).items()}
+        return encode(sd, [prompts[r] for r in rows], inj)
+    return sample(sd, cond_of, seeds, steps, guidance, batch, unet, progress)
+
+
+@torch.no_grad()
+def sample(sd, cond_of, seeds, steps=25, guidance=5.0, batch=64, unet=None, progress=True):
+    """Pictures (N, H, W, 3) uint8 for N = len(seeds): picture i starts from seeds[i]'s noise and is conditioned on
+    row i of the text-encoder output, cond_of(rows) giving those rows (len(rows), 77, D); the unconditional branch
+    is the model's own ''. Under torchrun the rows are shared out over the ranks (shard_map)."""
+    from tqdm.auto import tqdm
+    unet = unet or sd.unet
 
     def run(idx):
         out = []
         chunks = range(0, len(idx), batch)
         for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, mininterval=5):
             rows = idx[i:i + batch]
-            inj = {k: (v[rows] if k in per_row else v) for k, v in (inject or {}).items()}
-            cond = encode(sd, [prompts[r] for r in rows], inj)
+            cond = cond_of(rows).to(sd.dtype)
             uncond = encode(sd, [""] * len(rows))
             z, _ = ddim(sd, unet, initial_latents(sd, [seeds[r] for r in rows]), cond, uncond, guidance, steps)
             out.append(decode(sd, z))
         return np.concatenate(out) if out else np.zeros((0, sd.image_size, sd.image_size, 3), np.uint8)
 
-    pictures = shard_map(run, len(prompts))
+    pictures = shard_map(run, len(seeds))
     return np.stack(pictures) if len(pictures) else run([])
 
 
