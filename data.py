@@ -117,6 +117,16 @@ _STYLE_PHRASES = {
 }
 
 
+def mini_vocabulary(exclude_style=None):
+    """Every word of the mini world's captions: the only words its text encoder was trained on. exclude_style
+    drops the words that only that style's phrases use (for van gogh: van, gogh, vincent, the, style, by, ...)."""
+    def words(phrases):
+        return {w for p in phrases for w in p.replace(",", " ").split()}
+    other = [p for st, ph in _STYLE_PHRASES.items() if st != exclude_style for pair in ph for p in pair]
+    vocab = words(_HEADS + other + SHAPES + COLOR_NAMES + BACKGROUND_NAMES + ["an", "on", "background"])
+    return sorted(vocab)
+
+
 def _articles(text):
     """'a orange' -> 'an orange' (only the article before a vowel)."""
     words = text.split()

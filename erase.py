@@ -71,6 +71,7 @@ DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
 DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
 DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
 DM2_CIRCUMVENT_STEPS = 50
+DM2_BATCH = 1  # pool pictures per circumvent step
 DM2_LR = 1e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
@@ -244,8 +245,16 @@ def vocabulary_words(sd):
 
 def ap_candidates(sd, concept, n_candidates, pool):
     """Words nearest to the concept (cosine of pooled text embeddings), then a spread-out subset of them chosen
-    greedily by farthest-point sampling, so the adversary searches many directions, not one cluster."""
+    greedily by farthest-point sampling, so the adversary searches many directions, not one cluster. Real SD: any
+    whole word of the tokenizer. The mini world: only its captions' words (its text encoder never learned the
+    others, so their embeddings are noise), without the words only the concept's own phrases use ('vincent')."""
     words = [w for w in vocabulary_words(sd) if w not in concept.words.split()]
+    if data.world_of(sd.image_size) == "mini":
+        style = concept.value if concept.attribute == "style" else None
+        known = set(data.mini_vocabulary(exclude_style=style))
+        words = [w for w in words if w in known]
+    if not words:
+        sdlib.fail(f"ap: no candidate concepts to preserve for {concept.name!r} (the vocabulary filter left none)")
     with torch.no_grad():
         def pooled(texts):
             out = []
@@ -381,7 +390,8 @@ def dm2(sd, concept, a, state):
                              inject=dict(zip(ids, vecs)), progress=False)
         score = verify_score(enc(x_c), f_ref, f_concept)
         scores.append(score)
-        state["log"].append({"step": loop, "verify_score": round(score, 4)})
+        verify_row = {"step": loop, "verify_score": round(score, 4)}
+        state["log"].append(verify_row)
         log(f"dm2 loop {loop + 1}: verify score s(c) = {score:.3f} (threshold {a.dm2_threshold})")
         if score < a.dm2_threshold:
             break
@@ -389,20 +399,30 @@ def dm2(sd, concept, a, state):
         for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
             use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
             c_vec = mined[-1] if use_newest else mined[int(torch.randint(len(mined) - 1, (1,), generator=gen))]
-            i = torch.randint(len(pool), (1,), generator=gen)
-            t = torch.randint(0, len(acp), (1,), generator=gen).to(sd.device)
+            b = a.dm2_batch  # pool pictures per step, each at its own timestep
+            i = torch.randint(len(pool), (b,), generator=gen)
+            t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
             noise = torch.randn(pool[i].shape, generator=gen).to(pool)
             a_t = acp[t].view(-1, 1, 1, 1).to(pool.dtype)
             z = a_t.sqrt() * pool[i] + (1 - a_t).sqrt() * noise
-            conds = [sdlib.encode(sd, [" ".join(names)], dict(zip(ids, s * c_vec))) for s in (1.0, 0.0, -1.0)]
-            with torch.no_grad():
-                target_c = sdlib.eps(sd, frozen, z, t, c0)
-                keep = [sdlib.eps(sd, frozen, z, t, c) for c in [c0] + conds[1:]]
-            circumvent = torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, conds[0]), target_c)
-            preserve = sum(torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, c), k)
-                           for c, k in zip([c0] + conds[1:], keep))
+            with torch.no_grad():  # c, 0*c, -c: the mined tokens scaled; then c0 (the anchor)
+                c, zero_c, neg_c = (sdlib.encode(sd, [" ".join(names)], dict(zip(ids, s * c_vec)))
+                                    for s in (1.0, 0.0, -1.0))
+                kept = torch.cat([c0, zero_c, neg_c]).repeat_interleave(b, 0)  # (3b, 77, D)
+                target = sdlib.eps(sd, frozen, z.repeat(3, 1, 1, 1), t.repeat(3), kept)  # original model
+            # one call of the trained model: c (circumvent: should predict what the original does for c0), then
+            # c0, 0*c and -c (preserve: should predict what the original does for each of them)
+            pred = sdlib.eps(sd, sd.unet, z.repeat(4, 1, 1, 1), t.repeat(4), torch.cat([c.repeat_interleave(b, 0), kept]))
+            circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
+            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the three terms
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
             step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
+        with torch.no_grad():  # did circumventing work? the same check on the same embedding, now
+            x_after = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
+                                     inject=dict(zip(ids, vecs)), progress=False)
+        after = verify_score(enc(x_after), f_ref, f_concept)
+        verify_row["verify_score_after"] = round(after, 4)
+        log(f"dm2 loop {loop + 1}: after circumventing, the same embedding scores {after:.3f}")
         loop += 1
         ck = {"lora": lora.lora_state_dict(wrapped), "opt": opt.state_dict(), "mined": mined, "loop": loop,
               "log": state["log"]}
@@ -416,6 +436,8 @@ def dm2(sd, concept, a, state):
         setattr(sd.unet.get_submodule(parent), child, layer.base)
     state["extra_json"] = {"lora": {"r": a.dm2_rank, "alpha": float(a.dm2_rank), "scaling": scaling},
                            "dm2_loops": loop, "dm2_verify_scores": scores,
+                           "dm2_verify_scores_after": [r["verify_score_after"] for r in state["log"]
+                                                       if "verify_score" in r and "verify_score_after" in r],
                            "dm2_features": encoder_name}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
@@ -674,6 +696,7 @@ def parse(argv=None):
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
+    g.add_argument("--dm2-batch", type=int, default=DM2_BATCH, help="pool pictures per circumvent step")
     g.add_argument("--dm2-lr", type=float, default=DM2_LR)
     g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
     g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
@@ -698,7 +721,9 @@ def parse(argv=None):
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
     a = p.parse_args(argv)
     for name in ("iterations", "ddim_steps", "batch", "rounds", "ste_iterations", "ti_steps", "ti_images",
-                 "reo_iterations", "advunlearn_prefix", "advunlearn_attack_steps", "rece_rounds"):
+                 "reo_iterations", "advunlearn_prefix", "advunlearn_attack_steps", "rece_rounds", "dm2_rank",
+                 "dm2_pool", "dm2_tokens", "dm2_mine_images", "dm2_mine_steps", "dm2_verify_images",
+                 "dm2_circumvent_steps", "dm2_batch", "dm2_max_loops"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
     if a.rece_lambda <= 0:

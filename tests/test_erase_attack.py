@@ -223,6 +223,17 @@ def test_ap_adversary_moves_toward_the_more_damaged_concept():
     assert pi[1] > pi[0] + 0.5, pi
 
 
+@pytest.mark.parametrize("name", ["van gogh", "triangle"])
+def test_ap_candidates_in_the_mini_world_are_caption_words_but_not_the_concepts(tiny_sd, name):
+    """The mini text encoder learned only its captions' words: AP may preserve those and no others, and never the
+    words only the concept's own phrases use (preserving 'vincent' would preserve van gogh)."""
+    concept = data.get_concept(name)
+    words = erase.ap_candidates(tiny_sd, concept, 64, 512)
+    known = set(data.mini_vocabulary())
+    assert words and set(words) <= known and name.split()[0] not in words
+    assert ("vincent" in words) == (name == "triangle") and len(set(words)) == len(words)
+
+
 def test_ap_runs_and_records_its_candidates(tiny_sd, tmp_path, monkeypatch):
     monkeypatch.setattr(erase, "ap_candidates", lambda sd, c, n, pool: ["circle", "square", "star"])
     a = erase.parse(["--method", "ap", "--concept", "van gogh", "--iterations", "2", "--ddim-steps", "2"])
@@ -246,11 +257,11 @@ def test_dm2_verify_score_equals_formula():
 def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
-            "--dm2-mine-steps", "2", "--dm2-circumvent-steps", "2", "--dm2-max-loops", "2", "--dm2-threshold", "-2",
+            "--dm2-mine-steps", "2", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-max-loops", "2", "--dm2-threshold", "-2",
             "--dm2-lr", "0.05", "--out", str(out), "--export", str(export), "--grid-seeds", "1")
     assert r.returncode == 0, r.stderr
     config = json.load(open(out / "config.json"))
-    assert config["dm2_loops"] == 2 and len(config["dm2_verify_scores"]) == 2
+    assert config["dm2_loops"] == 2 and len(config["dm2_verify_scores"]) == len(config["dm2_verify_scores_after"]) == 2
     tensors = load_file(str(out / "weights.safetensors"))
     assert tensors and all(k.startswith("lora.unet.") and ".to_v." in k for k in tensors)
     applied = sdlib.load(weights=str(out))  # base + merged LoRA ...
