@@ -70,7 +70,7 @@ DM2_MINE_STEPS = 100
 DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
 DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
 DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
-DM2_CIRCUMVENT_STEPS = 50
+DM2_CIRCUMVENT_STEPS = 200  # LoRA steps per loop: 50 left the newest mined embedding working; 200 neutralised it (s(c) 0.79 -> 0.15)
 DM2_BATCH = 1  # pool pictures per circumvent step
 DM2_LR = 1e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
@@ -331,10 +331,13 @@ def ap(sd, concept, a, state):
 
 # ---- DM2 ---------------------------------------------------------------------------------------------------------
 def verify_score(f_mined, f_reference, f_concept):
-    """DM2's verification: s(c) = mean_i cos(f(x_c,i) - mean f(x_r), mean f(x_e) - mean f(x_r)), features (N, F)."""
+    """DM2's verification s(c): the mean over pairs (i, j) of cos(f(x_c,i) - f_r, f(x_e,j) - f_r), f_r the mean
+    feature of the reference pictures x_r ('a photo'), x_c pictures drawn from the mined embedding, x_e the pool
+    pictures it was mined on. Features (N, F)."""
     ref = f_reference.mean(0)
-    direction = f_concept.mean(0) - ref
-    return float(torch.nn.functional.cosine_similarity(f_mined - ref, direction[None], dim=-1).mean())
+    c = torch.nn.functional.normalize(f_mined - ref, dim=-1)
+    e = torch.nn.functional.normalize(f_concept - ref, dim=-1)
+    return float((c @ e.T).mean())
 
 
 def dm2(sd, concept, a, state):
@@ -388,7 +391,7 @@ def dm2(sd, concept, a, state):
         vecs = torch.stack([learned[n] for n in names])  # (L, D)
         x_c = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
                              inject=dict(zip(ids, vecs)), progress=False)
-        score = verify_score(enc(x_c), f_ref, f_concept)
+        score = verify_score(enc(x_c), f_ref, f_concept[pick])
         scores.append(score)
         verify_row = {"step": loop, "verify_score": round(score, 4)}
         state["log"].append(verify_row)
@@ -420,7 +423,7 @@ def dm2(sd, concept, a, state):
         with torch.no_grad():  # did circumventing work? the same check on the same embedding, now
             x_after = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
                                      inject=dict(zip(ids, vecs)), progress=False)
-        after = verify_score(enc(x_after), f_ref, f_concept)
+        after = verify_score(enc(x_after), f_ref, f_concept[pick])
         verify_row["verify_score_after"] = round(after, 4)
         log(f"dm2 loop {loop + 1}: after circumventing, the same embedding scores {after:.3f}")
         loop += 1
