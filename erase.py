@@ -30,8 +30,10 @@ SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
 ESD_ITERATIONS = 200
-ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-4}  # by --train-method:
-#   esd-u trains 14x more weights than esd-x; at 2e-4 it wrecked the mini model (preservation 0.52), at 2e-5 not
+ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-5}  # by --train-method:
+#   esd-u trains 14x more weights than esd-x; at 2e-4 it wrecked the mini model (preservation 0.52), at 2e-5 not;
+#   text-encoder (AdvUnlearn; its paper uses 1e-5): 2e-4 erased van gogh but every shape became a cross or a circle
+#   (preservation 0.61)
 ESD_ETA = 1.0  # negative guidance: how far past "unconditional" the target pushes away from the concept
 ESD_TRAIN_METHOD = "esd-x"  # esd-x: cross-attention (style/artist); esd-u: all but cross-attention (objects, nudity)
 ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
