@@ -565,8 +565,8 @@ def rece(sd, concept, a, state):
     """RECE: the UCE edit, then rounds of (a) the adversarial embedding c' = (sum_l W'_l^T W'_l + lam I)^-1
     (sum_l W'_l^T W_l) c over every cross-attention key and value projection (W' edited, W original), per token
     for every column c that UCE erases: what the edited model maps closest to where the original maps the concept;
-    (b) a UCE edit of W' that sends c' to the guide (v* = W c_guide) while keeping the preserved columns at W' c_p
-    and W near W' (uce_closed_form with W' in the place of W0).
+    (b) a UCE edit of W' that sends c' and c to the guide (v* = W c_guide) while keeping the preserved columns at
+    W' c_p and W near W' (uce_closed_form with W' in the place of W0).
 
     loss.csv per round, relative to the target's norm: rece_regen (||W' c' - W c||) before and after the round's
     edit, rece_guide_residual (||W' c' - W c_guide||), rece_concept_residual (||W' c - W c_guide||)."""
@@ -586,9 +586,11 @@ def rece(sd, concept, a, state):
             c_adv = losses.rece_adversarial_embedding([p.detach() for p in params.values()], w_orig, c_e,
                                                       a.rece_lambda)  # (E, D)
             row = {"step": r + 1, "loss": float("nan"), "rece_regen_before": gap(c_adv, concept_targets)}
+            # erase the adversarial columns AND the concept's own: with c' alone the edit, pulled toward W' only
+            # by lambda, let W' c drift back from the guide (mini world: relative residual 1.7, van gogh 0.37)
             for p, v in zip(params.values(), guide_targets):
-                p.copy_(losses.uce_closed_form(p.detach(), c_adv, v, c_p, a.uce_lambda, a.erase_scale,
-                                               a.preserve_scale).to(p.dtype))
+                p.copy_(losses.uce_closed_form(p.detach(), torch.cat([c_e, c_adv]), torch.cat([v, v]), c_p,
+                                               a.uce_lambda, a.erase_scale, a.preserve_scale).to(p.dtype))
             row.update(rece_regen_after=gap(c_adv, concept_targets), rece_guide_residual=gap(c_adv, guide_targets),
                        rece_concept_residual=gap(c_e, guide_targets))
         state["log"].append(row)

@@ -154,6 +154,16 @@ def test_rece_goes_past_uce_and_edits_only_cross_attention(tiny_model, tmp_path)
     assert len(rounds) == 2
     for r in rounds:  # erasing c' moves it away from where the original puts the concept
         assert r["rece_regen_after"] > r["rece_regen_before"]
+    # ... and the concept itself stays erased: W' c as close to the guide as after UCE alone (it drifted back
+    # when the rounds erased c' only)
+    base = sdlib.load(tiny_model, "cpu")
+    c_e, c_g, _ = erase.uce_columns(base, concept, a)
+    w0 = list(erase.cross_attention_kv(base).values())
+
+    def residual(model):
+        w = list(erase.cross_attention_kv(model).values())
+        return sum(float(((c_e @ we.T - c_g @ wo.T) ** 2).sum()) for we, wo in zip(w, w0))
+    assert residual(sd) <= 1.05 * residual(plain), (residual(sd), residual(plain))
 
 
 def test_rece_run_folder_round_trip(tiny_model, tmp_path):
