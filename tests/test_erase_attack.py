@@ -258,11 +258,12 @@ def test_dm2_verify_score_equals_formula():
 def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
-            "--dm2-mine-steps", "2", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-max-loops", "2", "--dm2-threshold", "-2",
-            "--dm2-lr", "0.05", "--out", str(out), "--export", str(export), "--grid-seeds", "1")
+            "--dm2-mine-steps", "2", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-max-loops", "2",
+            "--dm2-threshold", "-2", "--dm2-lr", "0.05", "--out", str(out), "--export", str(export), "--grid-seeds", "1")
     assert r.returncode == 0, r.stderr
     config = json.load(open(out / "config.json"))
-    assert config["dm2_loops"] == 2 and len(config["dm2_verify_scores"]) == len(config["dm2_verify_scores_after"]) == 2
+    assert config["dm2_loops"] == 2
+    assert len(config["dm2_verify_scores"]) == len(config["dm2_verify_scores_after"]) == 2
     tensors = load_file(str(out / "weights.safetensors"))
     assert tensors and all(k.startswith("lora.unet.") and ".to_v." in k for k in tensors)
     applied = sdlib.load(weights=str(out))  # base + merged LoRA ...
