@@ -299,3 +299,49 @@ def test_evaluate_reads_the_new_attacks(erased, tiny_model):
             "--out", str(out), "--num-seeds", "1", "--num-other", "4", "--steps", "2")
     assert r.returncode == 0, r.stderr
     assert set(json.load(open(out / "metrics.json"))["attacks"]) == set(STEPS)
+
+
+class FirstCallJudge:
+    """A judge that sees the concept in the pictures of its first call (the plain prompts' pictures) where `pre`
+    says so, and never after: which targets start broken is fixed, the rest must be attacked."""
+
+    def __init__(self, pre):
+        self.pre, self.calls = np.asarray(pre, bool), 0
+
+    def __call__(self, images):
+        self.calls += 1
+        return self.pre.copy() if self.calls == 1 else never(images)
+
+    def describe(self):
+        return "test judge"
+
+
+@pytest.mark.parametrize("which", ["unlearndiff", "p4d-n"])
+def test_targets_already_broken_are_not_attacked_and_the_rest_match_attacking_all(erased, which, monkeypatch):
+    import evaluate
+    from PIL import Image
+    pre = [True, False, True]
+    steps = {"unlearndiff": ["--timesteps", "2", "--iters-per-t", "1", "--check-every", "1"],
+             "p4d-n": ["--iterations", "2", "--check-every", "1", "--num-tokens", "3"]}[which]
+    outs = {}
+    for mode in ("skip", "all"):
+        monkeypatch.setattr(evaluate, "make_judge", lambda concept, a: FirstCallJudge(pre))
+        out = erased.parent / f"{which}_{mode}"
+        attack.main(["--attack", which, "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
+                     "--eval-steps", "2", "--out", str(out), *steps, *(["--attack-all-targets"] * (mode == "all"))])
+        rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+        outs[mode] = (rows, json.load(open(out / "metrics.json")), load_file(str(out / "embeddings.safetensors")),
+                      {p.name: np.asarray(Image.open(p)) for p in (out / "images").iterdir()})
+    (rows_s, m_s, emb_s, img_s), (rows_a, m_a, emb_a, img_a) = outs["skip"], outs["all"]
+    assert [r["attacked"] for r in rows_s] == ["0", "1", "0"] and [r["attacked"] for r in rows_a] == ["1"] * 3
+    assert m_s["n_attacked"] == 1 and m_a["n_attacked"] == 3
+    assert m_s["asr"] == m_a["asr"] == pytest.approx(2 / 3) and m_s["pre_asr"] == m_a["pre_asr"]
+    # the skipped targets keep their plain prompt; the attacked one gets what attacking all would have given it
+    assert [r["adversarial_prompt"] for r in rows_s[::2]] == [r["target_prompt"] for r in rows_s[::2]]
+    assert rows_s[1] == {**rows_a[1], "attacked": "1"} and rows_s[1]["adversarial_prompt"] != rows_s[1]["target_prompt"]
+    for k in emb_a:  # learned tensors: the attacked target's row as when attacking all, zeros for the others
+        assert torch.allclose(emb_s[k][1].float(), emb_a[k][1].float(), atol=1e-4)
+        assert not emb_s[k][0].any() and not emb_s[k][2].any()
+    assert np.array_equal(img_s["001_miss.png"], img_a["001_miss.png"])
+    # fewer UNet evaluations: one target optimised instead of three
+    assert m_s["cost"]["unet_evals"] < m_a["cost"]["unet_evals"]
