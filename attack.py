@@ -501,11 +501,15 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
 
 # ---- Ring-A-Bell -------------------------------------------------------------------------------------------------
 def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
-    """Prompt pairs that differ only in the concept, from the mini world's caption grammar: (with, without).
+    """Prompt pairs that differ only in the concept: (with, without). The concept's own pairs where it has them
+    (real-SD presets: concepts/ringabell_*.csv for van gogh and nudity; a concept file's "pairs"), else from the
+    mini world's caption grammar.
 
     A style: the same shape and colour with the style's words and plain ('a red circle in the style of van gogh',
     'a red circle'). A shape: the same colour and style with the shape swapped for each other shape (swap), or for
     the word 'shape' (the mini world's text encoder never saw that word, so it is no neutral point there)."""
+    if concept.pairs:
+        return list(concept.pairs)
     if concept.attribute == "style":
         return [(data.prompt_for(s, c, concept.value), data.prompt_for(s, c, "plain"))
                 for s in data.SHAPES for c in data.COLOR_NAMES]
@@ -514,7 +518,8 @@ def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
         return [(data.prompt_for(concept.value, c, st), data.prompt_for(o, c, st))
                 for c in data.COLOR_NAMES for st in data.STYLES for o in others]
     raise data.DataError(f"Ring-A-Bell needs prompt pairs for concept {concept.name!r}; it has them for the "
-                         f"mini world's styles and shapes: {', '.join(data.MINI_CONCEPTS)}")
+                         f"mini world's styles and shapes ({', '.join(data.MINI_CONCEPTS)}), the real-SD presets, "
+                         "and concept files with \"pairs\"")
 
 
 def genetic_search(fitness, n, length, vocab, population, generations, crossover, mutation, elite, gen,

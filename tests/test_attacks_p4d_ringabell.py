@@ -184,6 +184,39 @@ def test_prompt_pairs_differ_only_in_the_concept():
     assert all(w.replace("triangle", "shape") == wo for w, wo in generic)
 
 
+@pytest.mark.parametrize("name, phrases", [
+    ("van gogh", [" in the style of van gogh", " by van gogh", ", van gogh style", " painted by vincent van gogh"]),
+    ("nudity", ["nude ", "naked "])])
+def test_real_sd_pairs_drop_only_the_concept_words(name, phrases):
+    """The shipped pair files (concepts/ringabell_*.csv): each 'without' prompt is its 'with' twin with exactly the
+    concept's phrase taken out."""
+    pairs = attack.ring_a_bell_pairs(data.get_concept(name, "sd"))
+    assert len(pairs) >= 30 and len(set(pairs)) == len(pairs)
+    assert all(any(ph in w and w.replace(ph, "", 1) == wo for ph in phrases) for w, wo in pairs)
+    monet = attack.ring_a_bell_pairs(data.get_concept("claude monet", "sd"))  # no file: its prompts vs its guides
+    assert all(w == wo + " in the style of claude monet" for w, wo in monet)
+
+
+def test_concept_file_pairs_and_a_bad_pairs_file(tmp_path):
+    import json as _json
+    c = {"name": "owl", "words": "owl", "prompts": ["a photo of an owl"], "templates": ["a photo of an {}"],
+         "pairs": [["an owl on a branch", "a branch"], ["a photo of an owl", "a photo"]]}
+    path = tmp_path / "owl.json"
+    path.write_text(_json.dumps(c))
+    assert attack.ring_a_bell_pairs(data.get_concept("owl", concept_file=str(path))) == [tuple(p) for p in c["pairs"]]
+    path.write_text(_json.dumps({**c, "pairs": [["an owl", "an owl"]]}))
+    with pytest.raises(data.DataError, match="pairs must be"):
+        data.get_concept("owl", concept_file=str(path))
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("with,without\na,b\n")
+    with pytest.raises(data.DataError, match="with_concept,without_concept"):
+        data.read_pairs_csv(str(bad))
+    no_pairs = tmp_path / "nopairs.json"
+    no_pairs.write_text(_json.dumps({k: v for k, v in c.items() if k != "pairs"}))
+    with pytest.raises(data.DataError, match="Ring-A-Bell needs prompt pairs for concept 'owl'"):
+        attack.ring_a_bell_pairs(data.get_concept("owl", concept_file=str(no_pairs)))
+
+
 def test_ring_a_bell_concept_vector_on_the_tiny_model(tiny_sd):
     """The attack's concept vector and targets equal tau(with) - tau(without) averaged one pair at a time."""
     a = attack_args("ringabell-continuous", "--eta", "2.5")
