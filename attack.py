@@ -67,6 +67,9 @@ RB_BATCH = 512  # sequences per text-encoder call in the search
 # P4D and Ring-A-Bell: which tokens a discovered prompt may use. words: whole-word tokens ('</w>') whose text maps back
 # to the same token, so the decoded prompt re-tokenises to the searched tokens; all: every non-special token (papers)
 TOKEN_POOL = "words"
+PICTURE_CACHE = None  # folder for the pictures an attack draws before attacking (the original model's reference
+#   pictures, the erased model's plain-prompt pictures), keyed by model, prompts, seeds and sampler: the benchmark's
+#   cells share them instead of drawing the same pictures once per cell (same pictures: generation is deterministic)
 CHECKPOINT_EVERY = 10  # steps (CCE), timesteps (UnlearnDiff), iterations (P4D), generations (Ring-A-Bell) per checkpoint
 
 
@@ -91,7 +94,7 @@ class Checkpoint:
         self.path = os.path.join(folder, f"state_{name}_rank{rank}of{world}.pt") if folder else None
         self.every, self.resume = getattr(a, "checkpoint_every", 0), getattr(a, "resume", False)
         self.settings = {k: v for k, v in vars(a).items()
-                         if k not in ("resume", "overwrite", "checkpoint_every", "state_dir", "device")}
+                         if k not in ("resume", "overwrite", "checkpoint_every", "state_dir", "device", "picture_cache")}
 
     def load(self):
         """The saved state (a dict with 'step') when resuming and there is one, else None."""
@@ -113,6 +116,38 @@ class Checkpoint:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         torch.save({"step": step, "settings": self.settings, **make_state()}, self.path + ".part")
         os.replace(self.path + ".part", self.path)  # a kill while saving leaves the previous checkpoint intact
+
+
+def model_identity(sd, run_dir=None):
+    """What decides a model's pictures: the base model's name and fingerprint, and the run's weights file (hashed)."""
+    import hashlib
+    ident = f"{sd.name}|{sdlib.fingerprint(sd)}|{sd.dtype}|{sd.device.type}"
+    if run_dir:
+        h = hashlib.sha256()
+        with open(os.path.join(run_dir, sdlib.RUN_WEIGHTS), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        ident += "|" + h.hexdigest()
+    return ident
+
+
+def cached_generate(sd, a, identity, prompts, seeds):
+    """sdlib.generate(prompts, seeds) at the attack's sampler settings, read from --picture-cache when a cell before
+    drew the same pictures with the same model (identity: model_identity), written there otherwise."""
+    if not a.picture_cache:
+        return sdlib.generate(sd, prompts, seeds, a.eval_steps, a.eval_guidance)
+    import hashlib
+    key = json.dumps([identity, list(prompts), [int(s) for s in seeds], a.eval_steps, a.eval_guidance])
+    path = os.path.join(a.picture_cache, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+    if sdlib.all_ranks(os.path.exists(path)):  # every rank must take the same branch: generate is a collective
+        log(f"{len(prompts)} pictures from the picture cache ({path})")
+        return np.load(path)
+    images = sdlib.generate(sd, prompts, seeds, a.eval_steps, a.eval_guidance)
+    if sdlib.is_main_process():
+        os.makedirs(a.picture_cache, exist_ok=True)
+        np.save(path + ".part.npy", images)
+        os.replace(path + ".part.npy", path)  # never a half-written file under the real name
+    return images
 
 
 def image_latents(sd, images):
@@ -713,6 +748,8 @@ def parse(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
                    help="steps between checkpoints in <out>.tmp (0: none)")
     p.add_argument("--resume", action="store_true", help="continue a stopped attack from its checkpoint in <out>.tmp")
+    p.add_argument("--picture-cache", default=PICTURE_CACHE,
+                   help="folder to share the pictures drawn before attacking with other runs (the benchmark's cells)")
     p.add_argument("--attack-all-targets", action="store_true", default=ATTACK_ALL_TARGETS,
                    help="UnlearnDiff and P4D: attack targets whose plain picture already shows the concept too "
                         "(same ASR; default: skip them)")
@@ -797,16 +834,16 @@ def main(argv=None):
     targets = pick_targets(concept, a.num_targets, a.seed)
     a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
+        base_id = model_identity(sd)
         with sdlib.Timer(sd) as ref_timer:
             if a.attack == "cce":  # the pool of concept pictures the attacker inverts, from the original model
                 pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.num_images)]
-                reference = sdlib.generate(sd, pool_prompts, [CCE_POOL_SEED + i for i in range(a.num_images)],
-                                           a.eval_steps, a.eval_guidance)
+                reference = cached_generate(sd, a, base_id, pool_prompts,
+                                            [CCE_POOL_SEED + i for i in range(a.num_images)])
             elif a.attack.startswith("ringabell"):  # model-agnostic: no pictures from the original model
                 reference = None
             else:  # UnlearnDiff's and P4D's target pictures: the original model's picture of each target prompt
-                reference = sdlib.generate(sd, [p for p, _ in targets], [s for _, s in targets], a.eval_steps,
-                                           a.eval_guidance)
+                reference = cached_generate(sd, a, base_id, [p for p, _ in targets], [s for _, s in targets])
         # P4D and Ring-A-Bell need the original model after the run is applied: keep the tensors it will change
         original = original_weights(sd, a.weights if run else None)
         if run:
@@ -814,7 +851,8 @@ def main(argv=None):
                 sdlib.apply_run(sd, a.weights, run)
             except sdlib.LoadError as e:
                 sdlib.fail(str(e))
-        plain = sdlib.generate(sd, [p for p, _ in targets], [s for _, s in targets], a.eval_steps, a.eval_guidance)
+        plain = cached_generate(sd, a, model_identity(sd, a.weights) if run else base_id, [p for p, _ in targets],
+                                [s for _, s in targets])
         pre = judge(plain)
         with sdlib.Timer(sd) as timer:
             if a.attack == "cce":  # one learned token for every target: only its pictures are shared out

@@ -412,6 +412,7 @@ def cmd_benchmark(a):
     os.makedirs(work, exist_ok=True)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(work, "benchmark.log")
+    pictures = os.path.join(work, "pictures")  # attack cells share the pictures they draw before attacking
     common = ["--concept", concept.name] + (["--model", a.model] if a.model else [])
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
@@ -431,7 +432,7 @@ def cmd_benchmark(a):
             for at in attacks:
                 d = os.path.join(work, "attacks", f"{tag}_{at}")
                 ran += run_cell("attack.py", ["--attack", at, *common, *weights, "--seed", str(seed),
-                                              *extra["attack"]], d, log_path)
+                                              "--picture-cache", pictures, *extra["attack"]], d, log_path)
                 attack_dirs.append(d)
             ev = os.path.join(work, "eval", tag)
             ran += run_cell("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",

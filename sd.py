@@ -384,6 +384,15 @@ def shard_map(fn, n):
     return out
 
 
+def all_ranks(flag):
+    """True when flag is true on every torchrun rank (a collective, like shard_map); flag itself in a plain run."""
+    if rank_world()[1] == 1 or _LOCAL[0]:
+        return bool(flag)
+    flags = [None] * rank_world()[1]
+    _dist().all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
 def is_main_process():
     return rank_world()[0] == 0
 

@@ -92,3 +92,27 @@ def test_resume_with_other_settings_is_refused(erased, monkeypatch):
     with pytest.raises(SystemExit):
         attack.main([*common, "--out", str(out), "--resume", "--lr", "0.5"])
     assert not out.exists()
+
+
+def test_picture_cache_gives_the_same_outputs_and_draws_each_picture_set_once(erased, tiny_model, tmp_path):
+    """The benchmark's attack cells share the pictures drawn before attacking: with --picture-cache the outputs equal
+    a run without it, and a second run draws neither the original model's reference pictures nor the plain ones."""
+    torch.set_num_threads(2)
+    cache = tmp_path / "pictures"
+    common = ["--attack", "unlearndiff", "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
+              "--eval-steps", "2", *STEPS["unlearndiff"][0]]
+    plain_run = attack.main([*common, "--out", str(tmp_path / "none")])
+    first = attack.main([*common, "--out", str(tmp_path / "first"), "--picture-cache", str(cache)])
+    assert len(list(cache.iterdir())) == 2  # the reference pictures (original model) and the plain ones (erased)
+    second = attack.main([*common, "--out", str(tmp_path / "second"), "--picture-cache", str(cache)])
+    assert first["reference_cost"]["unet_evals"] == plain_run["reference_cost"]["unet_evals"] > 0
+    assert second["reference_cost"]["unet_evals"] == 0 and len(list(cache.iterdir())) == 2
+    a, b, c = (outputs(tmp_path / n) for n in ("none", "first", "second"))
+    for other in (b, c):
+        assert a[0] == other[0] and a[3] == other[3] and a[2].keys() == other[2].keys()
+        assert all(np.array_equal(a[2][k], other[2][k]) for k in a[2])
+        assert all(torch.equal(a[1][k], other[1][k]) for k in a[1])
+    base = attack.main([*common[:4], *common[6:], "--model", tiny_model, "--out", str(tmp_path / "base"),
+                        "--picture-cache", str(cache)])
+    assert base["reference_cost"]["unet_evals"] == 0  # the base model's target pictures were drawn already
+    assert len(list(cache.iterdir())) == 2  # ... and its plain pictures are the same pictures
