@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -309,6 +310,7 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
 }
 BENCH_ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
 BENCH_SEEDS = 1
+CELL_FILE = "benchmark_cell.json"  # written into each cell's folder: its wall time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -331,6 +333,7 @@ def run_cell(script, args, out, log_path):
     if script in ("erase.py", "attack.py") and os.path.exists(out + ".tmp"):
         cmd.append("--resume")  # a killed erase run or attack continues from its checkpoint
     print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    t0 = time.time()
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
         log.flush()
@@ -338,7 +341,16 @@ def run_cell(script, args, out, log_path):
     if r.returncode != 0:
         sdlib.fail(f"{script} failed (exit {r.returncode}) for {out}; see {log_path}. Rerun the same benchmark "
                    "command to resume: completed cells are kept")
+    # the whole process's wall time (loading, drawing, optimising, judging); a resumed cell's counts this process
+    json.dump({"wall_seconds": round(time.time() - t0, 1), "resumed": "--resume" in cmd, "command": cmd[1:]},
+              open(os.path.join(out, CELL_FILE), "w"), indent=1)
     return True
+
+
+def cell_seconds(folder):
+    """The wall seconds run_cell recorded for a cell, None for a cell made outside the benchmark."""
+    path = os.path.join(folder, CELL_FILE)
+    return json.load(open(path))["wall_seconds"] if os.path.exists(path) else None
 
 
 def mean_sd(values):
@@ -393,6 +405,35 @@ def scatter_png(points, path, xlabel, ylabel, size=560):
     img.save(path)
 
 
+def cost_table(summary, methods, attacks, seeds):
+    """Report lines: the wall minutes of every cell (mean over seeds) and what the whole table took."""
+    parts = ["erase", *attacks, "evaluate"]
+    head = ["method", *parts, "all cells"]
+    lines = ["Wall time of each cell in minutes (the whole process: loading, drawing, optimising, judging; mean "
+             "over seeds; an erase cell run outside the benchmark shows its own timer, marked *):", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    total, missing = 0.0, 0
+    for method in methods:
+        s, row, own = summary[method], [method], 0.0
+        for part in parts:
+            v = s[f"cell_seconds_{part}"]["mean"]
+            mark = ""
+            if v is None and part == "erase":
+                v, mark = s["erase_seconds"]["mean"], "*"
+            if v is None:
+                missing += 1
+                row.append("-")
+                continue
+            own += v
+            row.append(f"{v / 60:.1f}{mark}")
+        row.append(f"{own / 60:.1f}")
+        total += own * len(seeds)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"All cells: {total / 60:.0f} minutes of wall time for {len(seeds)} seed(s)"
+              + (f" ({missing} cells without a recorded time left out)" if missing else "") + ".", ""]
+    return lines
+
+
 def cmd_benchmark(a):
     import shlex
     import time
@@ -440,12 +481,16 @@ def cmd_benchmark(a):
             m = json.load(open(os.path.join(ev, "metrics.json")))
             # read from the attack cells, so an attack added later needs no new evaluation
             m.setdefault("attacks", {}).update(attack_summary(d) for d in attack_dirs)
+            m["cell_seconds"] = {"erase": cell_seconds(run_dir) if weights else 0.0, "evaluate": cell_seconds(ev),
+                                 **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
             cells[(method, seed)] = m
     # aggregate over seeds
     keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),
             "frechet_distance": lambda m: m.get("frechet_distance"),
             "erase_seconds": lambda m: (m.get("erase_cost") or {}).get("seconds"),
             "erase_unet_evals": lambda m: (m.get("erase_cost") or {}).get("unet_evals")}
+    for part in ["erase", *attacks, "evaluate"]:
+        keys[f"cell_seconds_{part}"] = lambda m, part=part: m["cell_seconds"][part]
     for at in attacks:
         keys[f"asr_{at}"] = lambda m, at=at: m["attacks"][at]["asr"]
         keys[f"pre_asr_{at}"] = lambda m, at=at: m["attacks"][at]["pre_asr"]
@@ -479,6 +524,7 @@ def cmd_benchmark(a):
     lines += ["", "Concept rate: share of the concept's own prompts whose picture the judge says shows the concept. "
               "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
               "prompts showing the concept after the attack or already before it (pre).", ""]
+    lines += cost_table(summary, methods, attacks, seeds)
     points = []
     for method in methods:
         s = summary[method]

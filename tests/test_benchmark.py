@@ -34,6 +34,15 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     assert m["summary"]["uce"]["erase_unet_evals"]["mean"] is not None
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| uce |" in report and "| base |" in report and os.path.exists(tmp_path / "out" / "robustness_vs_utility.png")
+    # every cell's wall time is recorded in its folder and the report adds them up
+    cell = json.load(open(tmp_path / "work" / "attacks" / "uce_s0_cce" / evaluate.CELL_FILE))
+    assert cell["wall_seconds"] > 0 and cell["command"][0].endswith("attack.py")
+    s = m["summary"]["uce"]
+    assert all(s[f"cell_seconds_{p}"]["mean"] > 0 for p in ("erase", "cce", "evaluate"))
+    assert m["summary"]["base"]["cell_seconds_erase"]["mean"] == 0
+    total = sum(m["summary"][x]["per_seed"][k][f"cell_seconds_{p}"] for x in ("base", "uce") for k in ("0", "1")
+                for p in ("erase", "cce", "evaluate"))
+    assert f"All cells: {total / 60:.0f} minutes of wall time for 2 seed(s)." in report
     # a benchmark stopped before one cell finished: only that cell runs again, and the table is the same
     shutil.rmtree(tmp_path / "work" / "attacks" / "uce_s1_cce")
     shutil.rmtree(tmp_path / "work" / "eval" / "uce_s1")
