@@ -16,12 +16,21 @@ BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- /report -->)", re.S)
 
 
 def table_of(report):
+    """The report's tables (each with the line that introduces it, when it has one), its total and its command."""
     lines = open(report).read().splitlines()
-    rows = [ln for ln in lines if ln.startswith("|")]
-    regen = [ln for ln in lines if ln.startswith("Regenerate:")]
-    if not rows:
+    keep = ("|", "Wall time", "All cells", "Regenerate:")
+    blocks, block = [], []
+    for ln in lines:
+        if ln.startswith(keep):
+            block.append(ln)
+        elif block:
+            blocks.append(block)
+            block = []
+    blocks += [block] if block else []
+    if not any(ln.startswith("|") for b in blocks for ln in b):
         sys.exit(f"error: {report} has no table")
-    return "\n".join(rows + ([""] + regen if regen else [])) + "\n"
+    regen = [b for b in blocks if b[0].startswith("Regenerate:")]  # the command goes last
+    return "\n\n".join("\n".join(b) for b in [b for b in blocks if b not in regen] + regen) + "\n"
 
 
 def main():
