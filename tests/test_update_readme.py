@@ -1,0 +1,37 @@
+"""scripts/update_readme.py copies every table of a benchmark report (with its introducing line) into the README."""
+import os
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import update_readme  # noqa: E402
+
+REPORT = """# Benchmark: erasing "x"
+
+Regenerate: `python evaluate.py benchmark --concept x` (seeds 0..0).
+
+| method | ASR |
+|---|---|
+| esd-x | 0.5 |
+
+Concept rate: prose that stays in the report.
+Wall time of each cell in minutes:
+
+| method | erase |
+|---|---|
+| esd-x | 3.2 |
+
+All cells: 3 minutes of wall time for 1 seed(s).
+
+**esd-x**, seed 0: ![esd-x](esd-x_before_after.png)
+"""
+
+
+def test_tables_are_copied_apart_with_the_command_last(tmp_path):
+    (tmp_path / "report.md").write_text(REPORT)
+    out = update_readme.table_of(str(tmp_path / "report.md"))
+    assert out == ("| method | ASR |\n|---|---|\n| esd-x | 0.5 |\n\n"
+                   "Wall time of each cell in minutes:\n\n| method | erase |\n|---|---|\n| esd-x | 3.2 |\n\n"
+                   "All cells: 3 minutes of wall time for 1 seed(s).\n\n"
+                   "Regenerate: `python evaluate.py benchmark --concept x` (seeds 0..0).\n")
