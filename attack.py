@@ -898,4 +898,6 @@ def save_tensors(tensors, path):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    ok = main()
+    sdlib.close_distributed()  # on success only: a failed rank must not wait in a barrier for the others
+    sys.exit(0 if ok else 1)

@@ -623,4 +623,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sdlib.close_distributed()  # on success only: a failed rank must not wait in a barrier for the others
+    sys.exit(code)

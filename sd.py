@@ -393,6 +393,15 @@ def all_ranks(flag):
     return all(flags)
 
 
+def close_distributed():
+    """Wait for every rank, then take the process group down: a rank that exits while the gloo group's threads are
+    still running can abort ('terminate called without an active exception'). A no-op in a plain run."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_main_process():
     return rank_world()[0] == 0
 
