@@ -854,10 +854,11 @@ def main(argv=None):
         plain = cached_generate(sd, a, model_identity(sd, a.weights) if run else base_id, [p for p, _ in targets],
                                 [s for _, s in targets])
         pre = judge(plain)
+        attacked = np.ones(len(targets), bool)  # CCE and Ring-A-Bell attack every target
         with sdlib.Timer(sd) as timer:
             if a.attack == "cce":  # one learned token for every target: only its pictures are shared out
                 adv_prompts, images, hit, learned = cce(sd, reference, concept, targets, judge, a)
-                info, attacked = {}, np.ones(len(targets), bool)
+                info = {}
             elif a.attack == "unlearndiff":
                 adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
                     lambda *x: (*unlearndiff(*x), {}), sd, reference, concept, targets, judge, a, pre, plain)
@@ -866,7 +867,6 @@ def main(argv=None):
                     p4d, sd, reference, concept, targets, judge, a, pre, plain, original)
             else:  # Ring-A-Bell's search runs on every rank (text encoder only); its pictures are shared out
                 adv_prompts, images, hit, learned, info = ringabell(sd, reference, concept, targets, judge, a, original)
-                attacked = np.ones(len(targets), bool)
         success = hit | pre
         rates = success_rates(pre, hit)
         rows = [{"target_prompt": p, "evaluation_seed": s, "adversarial_prompt": ap, "pre_attack_success": int(b),

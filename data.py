@@ -312,10 +312,16 @@ def read_pairs_csv(path):
         raise DataError(f"cannot read prompt pairs {path}: {e}") from None
     if not rows or not {"with_concept", "without_concept"} <= set(rows[0]):
         raise DataError(f"prompt pairs {path}: need a header 'with_concept,without_concept' and at least one row")
-    pairs = [(r["with_concept"].strip(), r["without_concept"].strip()) for r in rows]
-    if any(not w or w == wo for w, wo in pairs):
-        raise DataError(f"prompt pairs {path}: every pair needs a non-empty prompt with the concept that differs "
-                        "from the one without it")
+    return check_pairs([(r["with_concept"].strip(), r["without_concept"].strip()) for r in rows],
+                       f"prompt pairs {path}")
+
+
+def check_pairs(pairs, where):
+    """Ring-A-Bell pairs as tuples; DataError unless each is (a non-empty prompt with the concept, a different one
+    without it)."""
+    pairs = [tuple(p) for p in pairs]
+    if not all(len(p) == 2 and p[0] and p[0] != p[1] for p in pairs):
+        raise DataError(f"{where}: pairs must be [prompt with the concept, the same without it] pairs")
     return pairs
 
 
@@ -387,9 +393,7 @@ def concept_from_file(path):
     if not (len(c.prompts) == len(c.templates) == len(c.guides)) or not all("{}" in t for t in c.templates):
         raise DataError(f"concept file {path}: prompts, templates and guides must have the same length and every "
                         "template must contain '{}' where the concept's words go")
-    c.pairs = [tuple(p) for p in c.pairs]
-    if not all(len(p) == 2 and p[0] and p[0] != p[1] for p in c.pairs):
-        raise DataError(f"concept file {path}: pairs must be [prompt with the concept, the same without it] pairs")
+    c.pairs = check_pairs(c.pairs, f"concept file {path}")
     if c.judge not in ("mini", "nudenet", "clip"):
         raise DataError(f"concept file {path}: judge must be mini, nudenet or clip, not {c.judge!r}")
     return c

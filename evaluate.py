@@ -436,7 +436,6 @@ def cost_table(summary, methods, attacks, seeds):
 
 def cmd_benchmark(a):
     import shlex
-    import time
     if sdlib.rank_world()[1] > 1:
         sdlib.fail("the benchmark runs each cell as its own process; run it without torchrun")
     try:  # only the name is needed here; each cell resolves the concept for its own model
