@@ -145,8 +145,9 @@ def cached_generate(sd, a, identity, prompts, seeds):
     images = sdlib.generate(sd, prompts, seeds, a.eval_steps, a.eval_guidance)
     if sdlib.is_main_process():
         os.makedirs(a.picture_cache, exist_ok=True)
-        np.save(path + ".part.npy", images)
-        os.replace(path + ".part.npy", path)  # never a half-written file under the real name
+        part = f"{path}.{os.getpid()}.part.npy"  # per process: benchmark cells running side by side may race
+        np.save(part, images)
+        os.replace(part, path)  # never a half-written file under the real name
     return images
 
 

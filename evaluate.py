@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -310,8 +311,31 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
 }
 BENCH_ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
 BENCH_SEEDS = 1
+# --profile: the settings every cell gets before the user's --erase-args/--attack-args/--eval-args. "full" is each
+# script's defaults. "quick" shortens every cell so that one seed of every method x every attack fits a laptop's
+# half hour (issue 6): 10 target prompts instead of 30 (ASR in steps of 0.1), about half of every optimisation
+# budget, one picture per evaluation prompt; the README compares its table with the full profile's.
+BENCH_PROFILES = {
+    "full": {"erase": {}, "attack": {}, "eval": []},
+    "quick": {
+        "erase": {  # by method; a method not named runs its defaults
+            "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "ap": ["--iterations", "100"],
+            "advunlearn": ["--iterations", "100"],
+            "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
+            "dm2": ["--dm2-max-loops", "3", "--dm2-circumvent-steps", "100", "--dm2-pool", "12"],
+        },
+        "attack": {  # "*" applies to every attack
+            "*": ["--num-targets", "10"], "cce": ["--steps", "100", "--num-images", "32", "--batch", "4"],
+            "unlearndiff": ["--timesteps", "5"], "p4d-n": ["--iterations", "100"], "p4d-k": ["--iterations", "100"],
+            "ringabell": ["--generations", "20"],
+        },
+        "eval": ["--num-seeds", "1", "--num-other", "30"],
+    },
+}
+BENCH_JOBS = 1  # cells run side by side (--jobs); each gets cores / jobs threads
 CELL_FILE = "benchmark_cell.json"  # written into each cell's folder: its wall time
 HERE = os.path.dirname(os.path.abspath(__file__))
+LOG_LOCK = threading.Lock()
 
 
 def pick(spec, known, what):
@@ -323,28 +347,54 @@ def pick(spec, known, what):
     return names
 
 
-def run_cell(script, args, out, log_path):
-    """Run one cell (erase/attack/evaluate) as its own process unless its folder is already complete."""
+def run_cell(script, args, out, log_path, threads=None):
+    """Run one cell (erase/attack/evaluate) as its own process unless its folder is already complete. Its output
+    goes to OUT.log and then onto the benchmark's log. Returns None, or why it failed."""
     import shlex
     import subprocess
-    if os.path.exists(out):
-        return False
     cmd = [sys.executable, os.path.join(HERE, script), *args, "--out", out]
     if script in ("erase.py", "attack.py") and os.path.exists(out + ".tmp"):
         cmd.append("--resume")  # a killed erase run or attack continues from its checkpoint
-    print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    line = " ".join(shlex.quote(c) for c in cmd[1:])
+    print(f"[{time.strftime('%H:%M:%S')}]   $ {line}", flush=True)
+    env = dict(os.environ)
+    if threads:  # cells side by side share the cores instead of each taking all of them
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-        log.flush()
-        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".log", "w") as log:
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=env)
+    with LOG_LOCK, open(log_path, "a") as log:  # one cell's whole output at a time, also with --jobs
+        log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n" + open(out + ".log").read())
     if r.returncode != 0:
-        sdlib.fail(f"{script} failed (exit {r.returncode}) for {out}; see {log_path}. Rerun the same benchmark "
-                   "command to resume: completed cells are kept")
+        return f"{script} failed (exit {r.returncode}) for {out}; see {out}.log"
     # the whole process's wall time (loading, drawing, optimising, judging); a resumed cell's counts this process
-    json.dump({"wall_seconds": round(time.time() - t0, 1), "resumed": "--resume" in cmd, "command": cmd[1:]},
-              open(os.path.join(out, CELL_FILE), "w"), indent=1)
-    return True
+    json.dump({"wall_seconds": round(time.time() - t0, 1), "resumed": "--resume" in cmd, "command": cmd[1:],
+               "threads": threads}, open(os.path.join(out, CELL_FILE), "w"), indent=1)
+    return None
+
+
+def run_cells(cells, log_path, jobs):
+    """Run the incomplete ones of cells [(script, args, out)], `jobs` at a time; return how many ran. A failed
+    cell stops the benchmark after the cells running beside it finish (completed cells are kept)."""
+    todo = [c for c in cells if not os.path.exists(c[2])]
+    if not todo:
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    if jobs == 1:
+        errors = []
+        for c in todo:
+            err = run_cell(*c, log_path)
+            if err:
+                errors.append(err)
+                break
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(jobs) as pool:
+            errors = [e for e in pool.map(lambda c: run_cell(*c, log_path, threads), todo) if e]
+    if errors:
+        sdlib.fail("; ".join(errors) + ". Rerun the same benchmark command to resume: completed cells are kept")
+    return len(todo)
 
 
 def cell_seconds(folder):
@@ -405,6 +455,13 @@ def scatter_png(points, path, xlabel, ylabel, size=560):
     img.save(path)
 
 
+def machine():
+    """What the cells ran on, in words, for the report's timing line."""
+    import torch
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} CPU cores{gpu}"
+
+
 def cost_table(summary, methods, attacks, seeds):
     """Report lines: the wall minutes of every cell (mean over seeds) and what the whole table took."""
     parts = ["erase", *attacks, "evaluate"]
@@ -446,7 +503,10 @@ def cmd_benchmark(a):
     attacks = pick(a.attacks, BENCH_ATTACKS, "attack")
     if a.seeds < 1:
         sdlib.fail("--seeds must be at least 1")
-    slug = data.slug(concept.name)
+    if a.jobs < 1:
+        sdlib.fail("--jobs must be at least 1")
+    profile = BENCH_PROFILES[a.profile]
+    slug = data.slug(concept.name) + ("" if a.profile == "full" else f"_{a.profile}")
     work = os.path.abspath(a.work or os.path.join(HERE, "work", "benchmark", slug))
     out = os.path.abspath(a.out or os.path.join(HERE, "results", "benchmark", slug))
     os.makedirs(work, exist_ok=True)
@@ -456,33 +516,43 @@ def cmd_benchmark(a):
     common = ["--concept", concept.name] + (["--model", a.model] if a.model else [])
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
-    t0, ran = time.time(), 0
-    cells = {}
+    t0 = time.time()
+    # every cell first; then they run by stage (erasing, attacking, evaluating), --jobs at a time within a stage
+    plan, stages = {}, {"erase": [], "attack": [], "eval": []}
     for method in methods:
         for seed in seeds:
             tag = f"{method}_s{seed}"
-            print(f"[{time.strftime('%H:%M:%S')}] {concept.name}: {tag}", flush=True)
             run_dir = os.path.join(work, "runs", tag)
             weights = []
             if BENCH_METHODS[method] is not None:
-                ran += run_cell("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed), *extra["erase"]],
-                                run_dir, log_path)
+                stages["erase"].append(("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed),
+                                                     *profile["erase"].get(method, []), *extra["erase"]], run_dir))
                 weights = ["--weights", run_dir]
             attack_dirs = []
             for at in attacks:
                 d = os.path.join(work, "attacks", f"{tag}_{at}")
-                ran += run_cell("attack.py", ["--attack", at, *common, *weights, "--seed", str(seed),
-                                              "--picture-cache", pictures, *extra["attack"]], d, log_path)
+                stages["attack"].append(("attack.py", [
+                    "--attack", at, *common, *weights, "--seed", str(seed), "--picture-cache", pictures,
+                    *profile["attack"].get("*", []), *profile["attack"].get(at, []), *extra["attack"]], d))
                 attack_dirs.append(d)
             ev = os.path.join(work, "eval", tag)
-            ran += run_cell("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
-                                            *attack_dirs, *extra["eval"]], ev, log_path)
-            m = json.load(open(os.path.join(ev, "metrics.json")))
-            # read from the attack cells, so an attack added later needs no new evaluation
-            m.setdefault("attacks", {}).update(attack_summary(d) for d in attack_dirs)
-            m["cell_seconds"] = {"erase": cell_seconds(run_dir) if weights else 0.0, "evaluate": cell_seconds(ev),
-                                 **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
-            cells[(method, seed)] = m
+            stages["eval"].append(("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
+                                                   *attack_dirs, *profile["eval"], *extra["eval"]], ev))
+            plan[(method, seed)] = run_dir, weights, attack_dirs, ev
+    ran = 0
+    for stage, cells_of_stage in stages.items():
+        n = sum(not os.path.exists(c[2]) for c in cells_of_stage)
+        print(f"[{time.strftime('%H:%M:%S')}] {concept.name} ({a.profile} profile): {stage}, {n} of "
+              f"{len(cells_of_stage)} cells to run, {a.jobs} at a time", flush=True)
+        ran += run_cells(cells_of_stage, log_path, a.jobs)
+    cells = {}
+    for (method, seed), (run_dir, weights, attack_dirs, ev) in plan.items():
+        m = json.load(open(os.path.join(ev, "metrics.json")))
+        # read from the attack cells, so an attack added later needs no new evaluation
+        m.setdefault("attacks", {}).update(attack_summary(d) for d in attack_dirs)
+        m["cell_seconds"] = {"erase": cell_seconds(run_dir) if weights else 0.0, "evaluate": cell_seconds(ev),
+                             **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
+        cells[(method, seed)] = m
     # aggregate over seeds
     keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),
             "frechet_distance": lambda m: m.get("frechet_distance"),
@@ -502,6 +572,7 @@ def cmd_benchmark(a):
     judge_desc = cells[(methods[0], seeds[0])]["judge"]
     cmd = (f"python evaluate.py benchmark --concept \"{concept.name}\" --methods {','.join(methods)} "
            f"--attacks {','.join(attacks)} --seeds {a.seeds} --seed {a.seed}"
+           + (f" --profile {a.profile}" if a.profile != "full" else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
            + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
                      if getattr(a, k + "_args")))
     head = ["method", "concept rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
@@ -524,6 +595,9 @@ def cmd_benchmark(a):
               "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
               "prompts showing the concept after the attack or already before it (pre).", ""]
     lines += cost_table(summary, methods, attacks, seeds)
+    if ran:  # cells side by side overlap, so the elapsed time is less than the cells' sum
+        lines += [f"This call ran {ran} of the cells, {a.jobs} at a time, in {(time.time() - t0) / 60:.1f} minutes "
+                  f"elapsed ({machine()}).", ""]
     points = []
     for method in methods:
         s = summary[method]
@@ -566,7 +640,7 @@ def add_model_args(p):
     p.add_argument("--half", action="store_true", help="fp16 weights and activations (GPU only)")
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="pictures for prompts, one PNG each plus grid.png and prompts.csv")
@@ -606,13 +680,20 @@ def main(argv=None):
     b.add_argument("--attacks", default="all", help=f"all, or a comma-separated list of: {', '.join(BENCH_ATTACKS)}")
     b.add_argument("--seeds", type=int, default=BENCH_SEEDS, help="seeds per method (consecutive from --seed)")
     b.add_argument("--seed", type=int, default=SEED)
+    b.add_argument("--profile", default="full", choices=list(BENCH_PROFILES),
+                   help="full: every script's defaults; quick: shorter cells (see BENCH_PROFILES), own folders")
+    b.add_argument("--jobs", type=int, default=BENCH_JOBS, help="cells run side by side, sharing the cores")
     b.add_argument("--model", default=None, help="base model for every cell (default: mini world)")
-    b.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>)")
-    b.add_argument("--work", default=None, help="cells: runs, attacks, evaluations (default work/benchmark/<concept>)")
+    b.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>[_<profile>])")
+    b.add_argument("--work", default=None, help="cells: runs, attacks, evaluations (default work/benchmark/<concept>[_<profile>])")
     for k in ("erase", "attack", "eval"):
         b.add_argument(f"--{k}-args", default="", help=f"extra arguments for every {k} call, one quoted string")
     b.set_defaults(func=cmd_benchmark)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     if getattr(a, "num_images", 1) < 1 or getattr(a, "steps", 1) < 1 or getattr(a, "batch", 1) < 1:
         sdlib.fail("--num-images, --steps and --batch must be at least 1")
     try:

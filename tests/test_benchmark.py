@@ -46,10 +46,12 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     # a benchmark stopped before one cell finished: only that cell runs again, and the table is the same
     shutil.rmtree(tmp_path / "work" / "attacks" / "uce_s1_cce")
     shutil.rmtree(tmp_path / "work" / "eval" / "uce_s1")
-    r = bench(tiny_model, tmp_path)
+    shutil.rmtree(tmp_path / "work" / "eval" / "base_s0")
+    r = bench(tiny_model, tmp_path, "--jobs", "2")  # two cells side by side: the same table
     assert r.returncode == 0, r.stderr
     m2 = json.load(open(tmp_path / "out" / "metrics.json"))
-    assert m2["cells_run_this_call"] == 2
+    assert m2["cells_run_this_call"] == 3
+    assert json.load(open(tmp_path / "work" / "eval" / "base_s0" / evaluate.CELL_FILE))["threads"] >= 1
     assert without_seconds(m2["summary"]) == without_seconds(m["summary"])  # bit-identical results on CPU
     # an attack added later: only its cells run, the evaluations are reused, and the old columns stay the same
     r = bench(tiny_model, tmp_path, "--attacks", "cce,ringabell-continuous")
@@ -81,3 +83,22 @@ def test_scatter_png(tmp_path):
     evaluate.scatter_png([("a", 0.2, 0.9), ("b", 1.0, 0.0)], str(tmp_path / "p.png"), "x", "y")
     from PIL import Image
     assert Image.open(tmp_path / "p.png").size == (560, 560)
+
+
+def test_profiles_parse():
+    """Every profile names known methods and attacks, and each script accepts the arguments it passes."""
+    import attack
+    import erase
+    for name, prof in evaluate.BENCH_PROFILES.items():
+        for method, args in prof["erase"].items():
+            assert evaluate.BENCH_METHODS.get(method), (name, method)
+            a = erase.parse([*evaluate.BENCH_METHODS[method], "--concept", "van gogh", "--out", "x", *args])
+            for flag, value in zip(args[::2], args[1::2]):
+                assert str(getattr(a, flag[2:].replace("-", "_"))) == value
+        for at, args in prof["attack"].items():
+            assert at == "*" or at in evaluate.BENCH_ATTACKS, (name, at)
+            attack.parse(["--attack", "cce" if at == "*" else at, "--concept", "van gogh", "--out", "x", *args])
+        evaluate.build_parser().parse_args(["evaluate", "--concept", "van gogh", "--out", "x", *prof["eval"]])
+    r = subprocess.run([sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--profile", "nope"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "invalid choice" in r.stderr
