@@ -314,13 +314,13 @@ BENCH_SEEDS = 1
 # --profile: the settings every cell gets before the user's --erase-args/--attack-args/--eval-args. "full" is each
 # script's defaults. "quick" shortens every cell so that one seed of every method x every attack fits a laptop's
 # half hour (issue 6): 10 target prompts instead of 30 (ASR in steps of 0.1), about half of every optimisation
-# budget, one picture per evaluation prompt; the README compares its table with the full profile's.
+# budget, one picture per evaluation prompt; the README compares its table with the full profile's. AP keeps its
+# 200 iterations: at 100 it had not erased anything yet (van gogh rate 1.00; ESD-x at 100: 0.13).
 BENCH_PROFILES = {
     "full": {"erase": {}, "attack": {}, "eval": []},
     "quick": {
         "erase": {  # by method; a method not named runs its defaults
-            "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "ap": ["--iterations", "100"],
-            "advunlearn": ["--iterations", "100"],
+            "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
             "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
             "dm2": ["--dm2-max-loops", "3", "--dm2-circumvent-steps", "100", "--dm2-pool", "12"],
         },
@@ -374,6 +374,16 @@ def run_cell(script, args, out, log_path, threads=None):
     return None
 
 
+def check_cells(cells):
+    """Fail before running anything when a finished cell was made with other arguments than asked for now."""
+    stale = [f"{out}\n    made with: {' '.join(made)}\n    now asked: {' '.join(asked)}"
+             for out, made, asked in (cell_arguments(*c) for c in cells) if made is not None and made != asked]
+    if stale:  # a finished cell is reused by its folder name alone: never with other settings than asked
+        sdlib.fail("these finished cells were made with other arguments than this benchmark asks for (another "
+                   "--profile or --*-args?); use another --work folder, or delete them to rerun them:\n  "
+                   + "\n  ".join(stale))
+
+
 def run_cells(cells, log_path, jobs):
     """Run the incomplete ones of cells [(script, args, out)], `jobs` at a time; return how many ran. A failed
     cell stops the benchmark after the cells running beside it finish (completed cells are kept)."""
@@ -395,6 +405,24 @@ def run_cells(cells, log_path, jobs):
     if errors:
         sdlib.fail("; ".join(errors) + ". Rerun the same benchmark command to resume: completed cells are kept")
     return len(todo)
+
+
+def cell_arguments(script, args, out):
+    """(the arguments a finished cell was run with, those the benchmark asks for now): the script's own arguments
+    without --resume; (None, ...) for a cell not finished or made outside the benchmark (no record)."""
+    def settings(argv):  # an evaluation's --attacks list may grow: the benchmark reads the attack cells itself
+        if script != "evaluate.py" or "--attacks" not in argv:
+            return argv
+        i = j = argv.index("--attacks")
+        while j + 1 < len(argv) and not argv[j + 1].startswith("--"):
+            j += 1
+        return argv[:i] + argv[j + 1:]
+    asked = settings([*args, "--out", out])
+    path = os.path.join(out, CELL_FILE)
+    if not os.path.exists(path):
+        return out, None, asked
+    made = [x for x in json.load(open(path))["command"][1:] if x != "--resume"]  # [0] is the script's path
+    return out, settings(made), asked
 
 
 def cell_seconds(folder):
@@ -539,6 +567,7 @@ def cmd_benchmark(a):
             stages["eval"].append(("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
                                                    *attack_dirs, *profile["eval"], *extra["eval"]], ev))
             plan[(method, seed)] = run_dir, weights, attack_dirs, ev
+    check_cells([c for cells_of_stage in stages.values() for c in cells_of_stage])
     ran = 0
     for stage, cells_of_stage in stages.items():
         n = sum(not os.path.exists(c[2]) for c in cells_of_stage)

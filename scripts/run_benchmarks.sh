@@ -10,6 +10,14 @@ python evaluate.py benchmark --concept triangle --methods base,esd-u --attacks c
 # the style: every method x every attack (DM2 left out: it does not erase van gogh yet, see the README)
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,advunlearn,rece,ap,stereo --attacks all \
     --seeds "$SEEDS"
+# AdvUnlearn at a learning rate between its default (2e-5: does not erase) and 2e-4 (wrecks the shapes)
+python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks all --seeds "$SEEDS" \
+    --erase-args "--lr 6e-5" --work work/benchmark/van_gogh_advunlearn_lr6e-5 \
+    --out results/benchmark/van_gogh/ablation_advunlearn_lr6e-5
+# the quick profile (every cell shorter, two cells at a time) from scratch, and how far its table is from the above
+python evaluate.py benchmark --concept "van gogh" --methods all --attacks all --seeds "$SEEDS" --profile quick --jobs 2
+python scripts/compare_profiles.py results/benchmark/van_gogh results/benchmark/van_gogh_quick \
+    --out results/benchmark/van_gogh_quick/vs_full.md
 # AdvUnlearn at the learning rate it used to have (its own cells: the settings differ from the default's)
 python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks cce,unlearndiff --seeds "$SEEDS" \
     --erase-args "--lr 2e-4" --work work/benchmark/van_gogh_advunlearn_lr2e-4 \

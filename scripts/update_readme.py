@@ -18,7 +18,7 @@ BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- /report -->)", re.S)
 def table_of(report):
     """The report's tables (each with the line that introduces it, when it has one), its total and its command."""
     lines = open(report).read().splitlines()
-    keep = ("|", "Wall time", "All cells", "Regenerate:")
+    keep = ("|", "Wall time", "All cells", "This call ran", "Regenerate:")
     blocks, block = [], []
     for ln in lines:
         if ln.startswith(keep):

@@ -62,6 +62,11 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
         assert m3["summary"][method]["asr_cce"] == m2["summary"][method]["asr_cce"]
         assert 0 <= m3["summary"][method]["asr_ringabell-continuous"]["mean"] <= 1
     assert "ASR ringabell-continuous" in (tmp_path / "out" / "report.md").read_text()
+    # finished cells are never reused under other settings: the benchmark says which and stops before running any
+    r = bench(tiny_model, tmp_path, "--attack-args", "--steps 3 --num-images 2 --batch 2 --num-targets 2 --eval-steps 2")
+    assert r.returncode != 0 and "made with other arguments" in r.stderr and "uce_s1_cce" in r.stderr
+    assert "--steps 2" in r.stderr and "--steps 3" in r.stderr
+    assert json.load(open(tmp_path / "out" / "metrics.json")) == m3  # nothing ran, nothing rewritten
 
 
 def without_seconds(x):
