@@ -390,6 +390,7 @@ def run_cells(cells, log_path, jobs):
     todo = [c for c in cells if not os.path.exists(c[2])]
     if not todo:
         return 0
+    jobs = min(jobs, len(todo))  # one cell left gets every core
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     if jobs == 1:
         errors = []

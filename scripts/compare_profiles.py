@@ -82,7 +82,7 @@ def main(argv=None):
               f"Methods by mean ASR over the {len(attacks)} attacks, most robust first: {r}: {', '.join(order_r)}; "
               f"{o}: {', '.join(order_o)} ({agree} of {len(pairs)} pairs ordered the same way, ties counting as "
               "an order).",
-              f"Sum of every cell's wall time in each report: {r} {cell_minutes(ref):.0f} min, {o} "
+              f"Sum of every recorded cell wall time in each report (cells made outside the benchmark have none): {r} {cell_minutes(ref):.0f} min, {o} "
               f"{cell_minutes(oth):.0f} min.", ""]
     text = "\n".join(lines)
     print(text)

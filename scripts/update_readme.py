@@ -18,7 +18,8 @@ BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- /report -->)", re.S)
 def table_of(report):
     """The report's tables (each with the line that introduces it, when it has one), its total and its command."""
     lines = open(report).read().splitlines()
-    keep = ("|", "Wall time", "All cells", "This call ran", "Regenerate:")
+    keep = ("|", "Wall time", "All cells", "This call ran", "Regenerate:", "Each cell:", "Cells within", "Methods by",
+            "Sum of every")
     blocks, block = [], []
     for ln in lines:
         if ln.startswith(keep):
