@@ -348,7 +348,7 @@ def pick(spec, known, what):
 
 
 def run_cell(script, args, out, log_path, threads=None):
-    """Run one cell (erase/attack/evaluate) as its own process unless its folder is already complete. Its output
+    """Run one cell (erase/attack/evaluate) as its own process (run_cells picks the unfinished ones). Its output
     goes to OUT.log and then onto the benchmark's log. Returns None, or why it failed."""
     import shlex
     import subprocess
