@@ -384,10 +384,12 @@ def check_cells(cells):
                    + "\n  ".join(stale))
 
 
-def run_cells(cells, log_path, jobs):
+def run_cells(cells, log_path, jobs, what):
     """Run the incomplete ones of cells [(script, args, out)], `jobs` at a time; return how many ran. A failed
     cell stops the benchmark after the cells running beside it finish (completed cells are kept)."""
     todo = [c for c in cells if not os.path.exists(c[2])]
+    print(f"[{time.strftime('%H:%M:%S')}] {what}, {len(todo)} of {len(cells)} cells to run, {jobs} at a time",
+          flush=True)
     if not todo:
         return 0
     jobs = min(jobs, len(todo))  # one cell left gets every core
@@ -571,10 +573,7 @@ def cmd_benchmark(a):
     check_cells([c for cells_of_stage in stages.values() for c in cells_of_stage])
     ran = 0
     for stage, cells_of_stage in stages.items():
-        n = sum(not os.path.exists(c[2]) for c in cells_of_stage)
-        print(f"[{time.strftime('%H:%M:%S')}] {concept.name} ({a.profile} profile): {stage}, {n} of "
-              f"{len(cells_of_stage)} cells to run, {a.jobs} at a time", flush=True)
-        ran += run_cells(cells_of_stage, log_path, a.jobs)
+        ran += run_cells(cells_of_stage, log_path, a.jobs, f"{concept.name} ({a.profile} profile): {stage}")
     cells = {}
     for (method, seed), (run_dir, weights, attack_dirs, ev) in plan.items():
         m = json.load(open(os.path.join(ev, "metrics.json")))
