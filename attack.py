@@ -118,39 +118,6 @@ class Checkpoint:
         os.replace(self.path + ".part", self.path)  # a kill while saving leaves the previous checkpoint intact
 
 
-def model_identity(sd, run_dir=None):
-    """What decides a model's pictures: the base model's name and fingerprint, and the run's weights file (hashed)."""
-    import hashlib
-    ident = f"{sd.name}|{sdlib.fingerprint(sd)}|{sd.dtype}|{sd.device.type}"
-    if run_dir:
-        h = hashlib.sha256()
-        with open(os.path.join(run_dir, sdlib.RUN_WEIGHTS), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        ident += "|" + h.hexdigest()
-    return ident
-
-
-def cached_generate(sd, a, identity, prompts, seeds):
-    """sdlib.generate(prompts, seeds) at the attack's sampler settings, read from --picture-cache when a cell before
-    drew the same pictures with the same model (identity: model_identity), written there otherwise."""
-    if not a.picture_cache:
-        return sdlib.generate(sd, prompts, seeds, a.eval_steps, a.eval_guidance)
-    import hashlib
-    key = json.dumps([identity, list(prompts), [int(s) for s in seeds], a.eval_steps, a.eval_guidance])
-    path = os.path.join(a.picture_cache, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
-    if sdlib.all_ranks(os.path.exists(path)):  # every rank must take the same branch: generate is a collective
-        log(f"{len(prompts)} pictures from the picture cache ({path})")
-        return np.load(path)
-    images = sdlib.generate(sd, prompts, seeds, a.eval_steps, a.eval_guidance)
-    if sdlib.is_main_process():
-        os.makedirs(a.picture_cache, exist_ok=True)
-        part = f"{path}.{os.getpid()}.part.npy"  # per process: benchmark cells running side by side may race
-        np.save(part, images)
-        os.replace(part, path)  # never a half-written file under the real name
-    return images
-
-
 def image_latents(sd, images):
     """(N, H, W, 3) uint8 -> VAE latents (N, 4, h, w) scaled as the UNet sees them (mean of the posterior)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(sd.device, sd.dtype)
@@ -162,13 +129,14 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
                       lr_end=None, clip=None, ckpt=None):
     """Learn vectors for token_names so that templates.format(tokens) reconstructs each latent under sd.unet.
 
-    latents[i] is paired with templates[i]. Only the new vectors are trained; the model and the embedding
+    latents[i] is paired with templates[i]; token k starts from the k-th token of init_word (cycling through a
+    phrase's tokens). Only the new vectors are trained; the model and the embedding
     table stay as they are. lr decays linearly to lr_end if given; gradients are clipped to norm clip if given.
     ckpt: a Checkpoint to save to and resume from. Returns {token name: (D,) tensor}."""
     ids = sdlib.add_tokens(sd, token_names)
     table = sd.text_encoder.get_input_embeddings().weight
-    init_ids = sd.tokenizer(init_word, add_special_tokens=False).input_ids or [0]
-    vecs = [table[init_ids[0]].detach().clone().float().requires_grad_(True) for _ in ids]
+    init_ids = sd.tokenizer(init_word, add_special_tokens=False).input_ids or [0]  # a phrase: its tokens in turn
+    vecs = [table[init_ids[i % len(init_ids)]].detach().clone().float().requires_grad_(True) for i in range(len(ids))]
     opt = torch.optim.Adam(vecs, lr=lr)
     placeholder = " ".join(token_names)
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
@@ -752,8 +720,8 @@ def parse(argv=None):
     p.add_argument("--picture-cache", default=PICTURE_CACHE,
                    help="folder to share the pictures drawn before attacking with other runs (the benchmark's cells)")
     p.add_argument("--attack-all-targets", action="store_true", default=ATTACK_ALL_TARGETS,
-                   help="UnlearnDiff and P4D: attack targets whose plain picture already shows the concept too "
-                        "(same ASR; default: skip them)")
+                   help="attack targets whose plain picture already shows the concept too (same ASR; default: "
+                        "UnlearnDiff and P4D skip them, and no attack runs when every target shows it)")
     add_judge_args(p)
     g = p.add_argument_group("CCE")
     g.add_argument("--num-vectors", type=int, default=CCE_NUM_VECTORS)
@@ -835,16 +803,18 @@ def main(argv=None):
     targets = pick_targets(concept, a.num_targets, a.seed)
     a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
-        base_id = model_identity(sd)
+        base_id = sdlib.model_identity(sd)
         with sdlib.Timer(sd) as ref_timer:
             if a.attack == "cce":  # the pool of concept pictures the attacker inverts, from the original model
                 pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.num_images)]
-                reference = cached_generate(sd, a, base_id, pool_prompts,
-                                            [CCE_POOL_SEED + i for i in range(a.num_images)])
+                reference = sdlib.cached_generate(sd, a.picture_cache, base_id, pool_prompts,
+                                                  [CCE_POOL_SEED + i for i in range(a.num_images)],
+                                                  a.eval_steps, a.eval_guidance)
             elif a.attack.startswith("ringabell"):  # model-agnostic: no pictures from the original model
                 reference = None
             else:  # UnlearnDiff's and P4D's target pictures: the original model's picture of each target prompt
-                reference = cached_generate(sd, a, base_id, [p for p, _ in targets], [s for _, s in targets])
+                reference = sdlib.cached_generate(sd, a.picture_cache, base_id, [p for p, _ in targets],
+                                                  [s for _, s in targets], a.eval_steps, a.eval_guidance)
         # P4D and Ring-A-Bell need the original model after the run is applied: keep the tensors it will change
         original = original_weights(sd, a.weights if run else None)
         if run:
@@ -852,12 +822,16 @@ def main(argv=None):
                 sdlib.apply_run(sd, a.weights, run)
             except sdlib.LoadError as e:
                 sdlib.fail(str(e))
-        plain = cached_generate(sd, a, model_identity(sd, a.weights) if run else base_id, [p for p, _ in targets],
-                                [s for _, s in targets])
-        pre = judge(plain)
+        plain = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd, a.weights) if run else base_id,
+                                      [p for p, _ in targets], [s for _, s in targets], a.eval_steps, a.eval_guidance)
+        pre = np.asarray(judge(plain), bool)
         attacked = np.ones(len(targets), bool)  # CCE and Ring-A-Bell attack every target
         with sdlib.Timer(sd) as timer:
-            if a.attack == "cce":  # one learned token for every target: only its pictures are shared out
+            if pre.all() and not a.attack_all_targets:  # the ASR is 1 whatever the attack finds: nothing to do
+                log(f"{a.attack}: every target's plain picture already shows the concept; nothing to attack")
+                adv_prompts, images, hit, learned, info = [p for p, _ in targets], plain.copy(), pre.copy(), {}, {}
+                attacked = np.zeros(len(targets), bool)
+            elif a.attack == "cce":  # one learned token for every target: only its pictures are shared out
                 adv_prompts, images, hit, learned = cce(sd, reference, concept, targets, judge, a)
                 info = {}
             elif a.attack == "unlearndiff":

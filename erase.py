@@ -80,6 +80,7 @@ DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve te
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
+DM2_INIT = "anchor"  # mined tokens start from the anchor's last word ("photo") or from the concept's words in turn
 DM2_POOL_SEED = 30_000
 # AdvUnlearn (Zhang et al. 2024): adversarial training of the text encoder (its transformer layers). Each
 # iteration: K sign-gradient steps on a soft prefix that makes the erased model show the concept again, then one
@@ -400,7 +401,8 @@ def dm2(sd, concept, a, state):
     while loop < a.dm2_max_loops:
         gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
         pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
-        learned = attack.textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, DM2_ANCHOR.split()[-1],
+        init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else concept.words
+        learned = attack.textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
                                            a.dm2_mine_steps, DM2_MINE_LR, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=DM2_MINE_LR_END,
                                            clip=DM2_MINE_CLIP)
@@ -678,6 +680,9 @@ def parse(argv=None):
     p.add_argument("--resume", action="store_true", help="continue a stopped run from <out>.tmp/checkpoint.pt")
     p.add_argument("--export", help="also write a full diffusers pipeline folder of the erased model here")
     p.add_argument("--grid-seeds", type=int, default=2, help="pictures per prompt in before_after.png")
+    p.add_argument("--picture-cache", default=None,
+                   help="folder where the original model's pictures for before_after.png are kept and reused "
+                        "(the benchmark shares one between its cells)")
     g = p.add_argument_group("ESD")
     g.add_argument("--train-method", default=ESD_TRAIN_METHOD, choices=list(sdlib.PARAM_RULES))
     g.add_argument("--iterations", type=int, default=ESD_ITERATIONS)
@@ -712,6 +717,8 @@ def parse(argv=None):
     g.add_argument("--dm2-mine-steps", type=int, default=DM2_MINE_STEPS)
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
+    g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
+                   help="mining starts every token from the anchor's word 'photo' or from the concept's words")
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
     g.add_argument("--dm2-batch", type=int, default=DM2_BATCH, help="pool pictures per circumvent step")
     g.add_argument("--dm2-lr", type=float, default=DM2_LR)
@@ -772,7 +779,8 @@ def main(argv=None):
     grid_seeds = [a.seed + k for _ in before_prompts + other_prompts for k in range(a.grid_seeds)]
     base_fp = sdlib.fingerprint(sd)
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
-        before = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
+        before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
+                                       progress=False)
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:

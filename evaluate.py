@@ -413,9 +413,14 @@ def run_cells(cells, log_path, jobs, what):
 def cell_arguments(script, args, out):
     """(the arguments a finished cell was run with, those the benchmark asks for now): the script's own arguments
     without --resume; (None, ...) for a cell not finished or made outside the benchmark (no record)."""
-    def settings(argv):  # an evaluation's --attacks list may grow: the benchmark reads the attack cells itself
+    def settings(argv):
+        argv = list(argv)
+        if "--picture-cache" in argv:  # where pictures are kept changes no result
+            i = argv.index("--picture-cache")
+            del argv[i:i + 2]
         if script != "evaluate.py" or "--attacks" not in argv:
             return argv
+        # an evaluation's --attacks list may grow: the benchmark reads the attack cells itself
         i = j = argv.index("--attacks")
         while j + 1 < len(argv) and not argv[j + 1].startswith("--"):
             j += 1
@@ -543,7 +548,7 @@ def cmd_benchmark(a):
     os.makedirs(work, exist_ok=True)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(work, "benchmark.log")
-    pictures = os.path.join(work, "pictures")  # attack cells share the pictures they draw before attacking
+    pictures = os.path.join(work, "pictures")  # cells share the original model's pictures (erase grids, references)
     common = ["--concept", concept.name] + (["--model", a.model] if a.model else [])
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
@@ -557,6 +562,7 @@ def cmd_benchmark(a):
             weights = []
             if BENCH_METHODS[method] is not None:
                 stages["erase"].append(("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed),
+                                                     "--picture-cache", pictures,
                                                      *profile["erase"].get(method, []), *extra["erase"]], run_dir))
                 weights = ["--weights", run_dir]
             attack_dirs = []

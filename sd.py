@@ -339,6 +339,41 @@ def sample(sd, cond_of, seeds, steps=25, guidance=5.0, batch=64, unet=None, prog
     return np.stack(pictures) if len(pictures) else run([])
 
 
+
+def model_identity(sd, run_dir=None):
+    """What decides a model's pictures: the base model's name and fingerprint, and the run's weights file (hashed)."""
+    import hashlib
+    ident = f"{sd.name}|{fingerprint(sd)}|{sd.dtype}|{sd.device.type}"
+    if run_dir:
+        h = hashlib.sha256()
+        with open(os.path.join(run_dir, RUN_WEIGHTS), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        ident += "|" + h.hexdigest()
+    return ident
+
+
+def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0, **kw):
+    """generate(prompts, seeds), read from the folder `cache` when a process before drew the same pictures with the
+    same model (identity: model_identity) and sampler settings, written there otherwise; cache None: no cache.
+    Benchmark cells share the original model's pictures this way (erase grids, attack references)."""
+    if not cache:
+        return generate(sd, prompts, seeds, steps, guidance, **kw)
+    import hashlib
+    import json
+    key = json.dumps([identity, list(prompts), [int(s) for s in seeds], steps, guidance])
+    path = os.path.join(cache, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+    if all_ranks(os.path.exists(path)):  # every rank must take the same branch: generate is a collective
+        print(f"{len(prompts)} pictures from the picture cache ({path})", flush=True)
+        return np.load(path)
+    images = generate(sd, prompts, seeds, steps, guidance, **kw)
+    if is_main_process():
+        os.makedirs(cache, exist_ok=True)
+        part = f"{path}.{os.getpid()}.part.npy"  # per process: benchmark cells running side by side may race
+        np.save(part, images)
+        os.replace(part, path)  # never a half-written file under the real name
+    return images
+
 # ---- several processes: torchrun shares prompt lists out over ranks ------------------------------------------------
 def rank_world():
     """(rank, world size) from torchrun's environment; (0, 1) in a plain run."""

@@ -378,3 +378,25 @@ def test_targets_already_broken_are_not_attacked_and_the_rest_match_attacking_al
     assert np.array_equal(img_s["001_miss.png"], img_a["001_miss.png"])
     # fewer UNet evaluations: one target optimised instead of three
     assert m_s["cost"]["unet_evals"] < m_a["cost"]["unet_evals"]
+
+
+@pytest.mark.parametrize("which", ["cce", "ringabell"])
+def test_no_attack_runs_when_every_target_already_shows_the_concept(erased, which, monkeypatch):
+    """Every plain picture already shows the concept: the ASR is 1 whatever an attack would find, so none runs (no
+    UNet evaluation), each target keeps its plain prompt and picture; --attack-all-targets still attacks."""
+    import evaluate
+    steps = {"cce": ["--steps", "2", "--num-images", "2", "--batch", "2"],
+             "ringabell": ["--generations", "1", "--population", "4", "--elite", "1", "--num-tokens", "4"]}[which]
+    for mode in ("skip", "all"):
+        monkeypatch.setattr(evaluate, "make_judge", lambda concept, a: FirstCallJudge([True] * 3))
+        out = erased.parent / f"{which}_allbroken_{mode}"
+        m = attack.main(["--attack", which, "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
+                         "--eval-steps", "2", "--out", str(out), *steps, *(["--attack-all-targets"] * (mode == "all"))])
+        rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+        assert m["asr"] == m["pre_asr"] == 1.0
+        if mode == "skip":
+            assert m["n_attacked"] == 0 and m["cost"]["unet_evals"] == m["cost"]["text_encoder_evals"] == 0
+            assert [r["adversarial_prompt"] for r in rows] == [r["target_prompt"] for r in rows]
+            assert [r["attacked"] for r in rows] == ["0"] * 3
+        else:
+            assert m["n_attacked"] == 3 and m["cost"]["unet_evals"] + m["cost"]["text_encoder_evals"] > 0

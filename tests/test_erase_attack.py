@@ -150,6 +150,20 @@ def test_cce_trains_only_the_new_vectors(tiny_sd):
     assert not changed_names(before, tiny_sd.unet)  # and the model is untouched
 
 
+def test_textual_inversion_starts_each_token_from_the_init_phrases_tokens_in_turn(tiny_sd):
+    """DM2's --dm2-init concept: 16 mined tokens start from 'van gogh' as van, gogh, van, ...; a one-token init word
+    (CCE's 'style', DM2's 'photo') starts every token from that word, as before."""
+    table = tiny_sd.text_encoder.get_input_embeddings().weight.clone()
+    latents = torch.zeros(1, 4, 8, 8)
+    names = [f"<ti{i}>" for i in range(5)]
+    for phrase in ("van gogh", "photo"):
+        got = attack.textual_inversion(tiny_sd, latents, ["{}"], names, phrase, steps=0, lr=0.1, batch=1, seed=0)
+        ids = tiny_sd.tokenizer(phrase, add_special_tokens=False).input_ids
+        for k, n in enumerate(names):
+            assert torch.equal(got[n], table[ids[k % len(ids)]])
+    assert len(tiny_sd.tokenizer("van gogh", add_special_tokens=False).input_ids) == 2
+
+
 @pytest.mark.parametrize("which", ["cce", "unlearndiff"])
 def test_attacks_run_end_to_end(tiny_model, tmp_path, which):
     run_dir = tmp_path / "run"
@@ -275,3 +289,22 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
         moved += int(not torch.equal(p, b))
         assert torch.equal(p, b) or n.endswith("to_v.weight"), n  # only value projections changed
     assert moved > 0
+
+
+def test_erase_grid_reads_the_original_models_pictures_from_the_picture_cache(tiny_model, tmp_path, monkeypatch):
+    """--picture-cache: the 'before' half of before_after.png is drawn once and reused by the next run (the
+    benchmark's erase cells share it); the grid equals one drawn without a cache."""
+    from PIL import Image
+    cache = tmp_path / "pictures"
+    common = ["--method", "uce", "--concept", "van gogh", "--model", tiny_model, "--grid-seeds", "1"]
+    erase.main([*common, "--out", str(tmp_path / "none")])
+    erase.main([*common, "--out", str(tmp_path / "first"), "--picture-cache", str(cache)])
+    assert len(list(cache.iterdir())) == 1
+    drawn = []
+    generate = sdlib.generate
+    monkeypatch.setattr(sdlib, "generate", lambda sd, prompts, *a, **k: drawn.append(len(prompts)) or
+                        generate(sd, prompts, *a, **k))
+    erase.main([*common, "--out", str(tmp_path / "second"), "--picture-cache", str(cache)])
+    assert len(drawn) == 1 and len(list(cache.iterdir())) == 1  # only the 'after' pictures were drawn
+    grids = [np.asarray(Image.open(tmp_path / n / "before_after.png")) for n in ("none", "first", "second")]
+    assert np.array_equal(grids[0], grids[1]) and np.array_equal(grids[0], grids[2])
