@@ -4,7 +4,13 @@ Each target draws its own random stream and its loss is its own, so both ways fi
 
     python scripts/bench_batching.py                      # writes results/batching/report.md and prints it
     python scripts/bench_batching.py --attacks unlearndiff --targets 8 --single 2
+    python scripts/bench_batching.py --attacks none       # only the ceiling below
+
+The report starts with the ceiling: the attacks' inner step (a UNet forward and backward to the conditioning) timed
+per sample at batch 1 and at --targets. Batching can only win what that ratio allows: on a CPU, where the UNet is
+compute-bound already at batch 1, it is small; on a GPU, where batch 1 leaves the device mostly idle, it is large.
 """
+import time
 import argparse
 import os
 import sys
@@ -25,23 +31,30 @@ ATTACKS = ["unlearndiff", "p4d-n", "p4d-k"]  # the attacks that optimise each ta
 TARGETS = 16  # target prompts attacked in one batch
 SINGLE = 4  # of them, attacked one at a time (prompts per second is a rate: a few suffice)
 CONCEPT = "van gogh"
+CEILING_REPS = 5  # timed repetitions of the inner step at each batch size (after one warm-up)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from: {', '.join(ATTACKS)}")
-    p.add_argument("--targets", type=int, default=TARGETS)
-    p.add_argument("--single", type=int, default=SINGLE)
-    p.add_argument("--weights", default=None, help="run folder to attack (default: a fresh UCE run of van gogh)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "batching"))
-    a = p.parse_args()
-    attacks = [x.strip() for x in a.attacks.split(",") if x.strip()]
-    bad = [x for x in attacks if x not in ATTACKS]
-    if bad or not attacks:
-        sdlib.fail(f"unknown attack {', '.join(bad) or '(none given)'}; choose from: {', '.join(ATTACKS)}")
-    if not 1 <= a.single <= a.targets:
-        sdlib.fail("--single must be between 1 and --targets")
-    torch.manual_seed(0)
+def inner_step_seconds(sd, batch, reps=CEILING_REPS):
+    """Seconds per sample of the attacks' inner step: UNet forward at a random timestep, backward to the text
+    conditioning (what UnlearnDiff and P4D differentiate), at `batch` samples."""
+    g = torch.Generator().manual_seed(0)
+    hidden = sd.text_encoder.config.hidden_size
+    z = torch.randn(batch, sd.unet.config.in_channels, sd.image_size // 8, sd.image_size // 8, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    cond = torch.randn(batch, 77, hidden, generator=g)
+    times = []
+    for k in range(reps + 1):
+        c = cond.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        sdlib.eps(sd, sd.unet, z, t, c).square().mean().backward()
+        if k:  # the first is a warm-up
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] / batch
+
+
+def time_attacks(a, attacks):
+    """Table rows: each attack on --targets targets in one batch against --single of them one at a time."""
+    rows = []
     with tempfile.TemporaryDirectory() as scratch:
         weights = a.weights
         if weights is None:
@@ -58,7 +71,6 @@ def main():
                                    attack.EVAL_GUIDANCE)
         original = attack.original_weights(sd, weights)
         sdlib.apply_run(sd, weights, run)
-        rows = []
         for name in attacks:
             args = attack.parse(["--attack", name, "--concept", CONCEPT, "--out", os.path.join(scratch, name)])
             judge = evaluate.make_judge(concept, args)
@@ -75,16 +87,44 @@ def main():
                          "yes" if same else "NO"])
             print(f"{name}: batched {rate_b:.3f} prompts/s, one at a time {rate_s:.4f} prompts/s, "
                   f"speed-up {rate_b / rate_s:.1f}x, same prompts: {same}", flush=True)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from: {', '.join(ATTACKS)}")
+    p.add_argument("--targets", type=int, default=TARGETS)
+    p.add_argument("--single", type=int, default=SINGLE)
+    p.add_argument("--weights", default=None, help="run folder to attack (default: a fresh UCE run of van gogh)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "batching"))
+    a = p.parse_args()
+    attacks = [] if a.attacks == "none" else [x.strip() for x in a.attacks.split(",") if x.strip()]
+    bad = [x for x in attacks if x not in ATTACKS] + (["(none given)"] if not attacks and a.attacks != "none" else [])
+    if bad:
+        sdlib.fail(f"unknown attack {', '.join(bad)}; choose from: none, {', '.join(ATTACKS)}")
+    if not 1 <= a.single <= a.targets:
+        sdlib.fail("--single must be between 1 and --targets")
+    torch.manual_seed(0)
+    sd = sdlib.load(None)
+    one, many = inner_step_seconds(sd, 1), inner_step_seconds(sd, a.targets)
+    ceiling = [f"Ceiling: the inner step (UNet forward + backward to the conditioning, median of {CEILING_REPS}) takes "
+               f"{one * 1000:.1f} ms per sample at batch 1 and {many * 1000:.1f} ms per sample at batch {a.targets} "
+               f"on {torch.get_num_threads()} CPU threads: batching can win at most about {one / many:.1f}x here."]
+    print(ceiling[0], flush=True)
+    rows = time_attacks(a, attacks) if attacks else []
     head = ["attack", "targets in the batch", "prompts/s batched", "UNet evals per prompt",
             "prompts/s one at a time", "UNet evals per prompt", "speed-up", "same prompts"]
     lines = ["# Batched attacks: target prompts per second", "",
-             f"`python scripts/bench_batching.py --attacks {','.join(attacks)} --targets {a.targets} --single "
+             f"`python scripts/bench_batching.py --attacks {a.attacks} --targets {a.targets} --single "
              f"{a.single}` on {torch.get_num_threads()} CPU threads ({'UCE' if a.weights is None else a.weights} "
              f"erasing \"{CONCEPT}\", seed 0, default attack budgets; one at a time: the first {a.single} targets).",
-             "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             "", *ceiling]
+    if rows:
+        lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
     os.makedirs(a.out, exist_ok=True)
-    open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
+    # --attacks none measures the ceiling alone: it goes to its own file, the attack table stays as it was
+    open(os.path.join(a.out, "report.md" if rows else "ceiling.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

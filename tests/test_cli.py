@@ -47,3 +47,18 @@ def test_generate_writes_pictures_and_grid(tmp_path, tiny_model):
     assert any(p.endswith("_s4.png") and "red_circle" in p for p in pngs)  # seed 3 and its next
     r2 = run("evaluate.py", "generate", "--model", tiny_model, "--prompt", "x", "--out", str(out))
     assert r2.returncode == 2 and "exists" in r2.stderr  # no silent overwrite
+
+
+def test_bench_batching_ceiling_alone_writes_its_own_file(tmp_path):
+    """--attacks none times only the inner step at batch 1 and 2 and leaves the attack table (report.md) alone."""
+    (tmp_path / "report.md").write_text("the attack table\n")
+    r = subprocess.run([sys.executable, "scripts/bench_batching.py", "--attacks", "none", "--targets", "2",
+                        "--single", "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "ceiling.md").read_text()
+    assert "ms per sample at batch 1" in text and "at batch 2" in text
+    assert (tmp_path / "report.md").read_text() == "the attack table\n"
+    bad = subprocess.run([sys.executable, "scripts/bench_batching.py", "--attacks", "cce"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "unknown attack cce" in bad.stderr
