@@ -107,10 +107,12 @@ def main():
     torch.manual_seed(0)
     sd = sdlib.load(None)
     one, many = inner_step_seconds(sd, 1), inner_step_seconds(sd, a.targets)
-    ceiling = [f"Ceiling: the inner step (UNet forward + backward to the conditioning, median of {CEILING_REPS}) takes "
-               f"{one * 1000:.1f} ms per sample at batch 1 and {many * 1000:.1f} ms per sample at batch {a.targets} "
-               f"on {torch.get_num_threads()} CPU threads: batching can win at most about {one / many:.1f}x here."]
-    print(ceiling[0], flush=True)
+    ceiling = [f"Ceiling: the attacks' inner step (UNet forward + backward to the conditioning, median of "
+               f"{CEILING_REPS}) on {torch.get_num_threads()} CPU threads; batching can win at most about "
+               f"{one / many:.1f}x here.", "",
+               "| batch | ms per sample | samples/s |", "|---|---|---|",
+               f"| 1 | {one * 1000:.1f} | {1 / one:.1f} |", f"| {a.targets} | {many * 1000:.1f} | {1 / many:.1f} |"]
+    print("\n".join(ceiling), flush=True)
     rows = time_attacks(a, attacks) if attacks else []
     head = ["attack", "targets in the batch", "prompts/s batched", "UNet evals per prompt",
             "prompts/s one at a time", "UNet evals per prompt", "speed-up", "same prompts"]

@@ -57,7 +57,7 @@ def test_bench_batching_ceiling_alone_writes_its_own_file(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "ceiling.md").read_text()
-    assert "ms per sample at batch 1" in text and "at batch 2" in text
+    assert "| 1 |" in text and "| 2 |" in text and "can win at most" in text
     assert (tmp_path / "report.md").read_text() == "the attack table\n"
     bad = subprocess.run([sys.executable, "scripts/bench_batching.py", "--attacks", "cce"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
