@@ -339,7 +339,6 @@ def sample(sd, cond_of, seeds, steps=25, guidance=5.0, batch=64, unet=None, prog
     return np.stack(pictures) if len(pictures) else run([])
 
 
-
 def model_identity(sd, run_dir=None):
     """What decides a model's pictures: the base model's name and fingerprint, and the run's weights file (hashed)."""
     import hashlib
@@ -353,12 +352,13 @@ def model_identity(sd, run_dir=None):
     return ident
 
 
-def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0, **kw):
+def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0, progress=True):
     """generate(prompts, seeds), read from the folder `cache` when a process before drew the same pictures with the
     same model (identity: model_identity) and sampler settings, written there otherwise; cache None: no cache.
-    Benchmark cells share the original model's pictures this way (erase grids, attack references)."""
+    Benchmark cells share the original model's pictures this way (erase grids, attack references). Plain prompts
+    only: what decides the pictures must all be in the key, so no injected embeddings or other UNet."""
     if not cache:
-        return generate(sd, prompts, seeds, steps, guidance, **kw)
+        return generate(sd, prompts, seeds, steps, guidance, progress=progress)
     import hashlib
     import json
     key = json.dumps([identity, list(prompts), [int(s) for s in seeds], steps, guidance])
@@ -366,13 +366,14 @@ def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0,
     if all_ranks(os.path.exists(path)):  # every rank must take the same branch: generate is a collective
         print(f"{len(prompts)} pictures from the picture cache ({path})", flush=True)
         return np.load(path)
-    images = generate(sd, prompts, seeds, steps, guidance, **kw)
+    images = generate(sd, prompts, seeds, steps, guidance, progress=progress)
     if is_main_process():
         os.makedirs(cache, exist_ok=True)
         part = f"{path}.{os.getpid()}.part.npy"  # per process: benchmark cells running side by side may race
         np.save(part, images)
         os.replace(part, path)  # never a half-written file under the real name
     return images
+
 
 # ---- several processes: torchrun shares prompt lists out over ranks ------------------------------------------------
 def rank_world():
