@@ -75,12 +75,14 @@ DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
 DM2_CIRCUMVENT_STEPS = 200  # LoRA steps per loop: 50 left the newest mined embeddings drawing van gogh; 200 took
 #   loop 1's from s(c) 0.79 to 0.15 (scored to the pool's mean direction, the verify score before the paper's)
 DM2_BATCH = 1  # pool pictures per circumvent step
-DM2_LR = 1e-3  # LoRA learning rate
+DM2_LR = 1e-2  # LoRA learning rate. At 1e-3 circumventing hardly moved the model (the circumvent loss is ~0.004 in
+#   epsilon space): 3 loops x 100 steps left the van gogh rate at 1.00, with 1e-2 0.60 (+ concept init: 0.13)
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
-DM2_INIT = "anchor"  # mined tokens start from the anchor's last word ("photo") or from the concept's words in turn
+DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
+#   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
 # AdvUnlearn (Zhang et al. 2024): adversarial training of the text encoder (its transformer layers). Each
 # iteration: K sign-gradient steps on a soft prefix that makes the erased model show the concept again, then one
