@@ -553,10 +553,11 @@ def cmd_benchmark(a):
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
     t0 = time.time()
-    # every cell first; then they run by stage (erasing, attacking, evaluating), --jobs at a time within a stage
+    # every cell first; then they run by stage (erasing, attacking, evaluating), --jobs at a time within a stage,
+    # seed by seed within a stage: a benchmark stopped early has whole seeds to show (--seeds N reads the first N)
     plan, stages = {}, {"erase": [], "attack": [], "eval": []}
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:
+        for method in methods:
             tag = f"{method}_s{seed}"
             run_dir = os.path.join(work, "runs", tag)
             weights = []
