@@ -39,7 +39,8 @@ def inner_step_seconds(sd, batch, reps=CEILING_REPS):
     conditioning (what UnlearnDiff and P4D differentiate), at `batch` samples."""
     g = torch.Generator().manual_seed(0)
     hidden = sd.text_encoder.config.hidden_size
-    z = torch.randn(batch, sd.unet.config.in_channels, sd.image_size // 8, sd.image_size // 8, generator=g)
+    z = torch.randn(batch, *sd.latent_shape, generator=g)  # the model's own latent size (the mini VAE halves, SD's
+    #   divides by 8): a latent too small makes batch 1 all overhead and overstates what batching wins
     t = torch.randint(0, 1000, (batch,), generator=g)
     cond = torch.randn(batch, 77, hidden, generator=g)
     times = []

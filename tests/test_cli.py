@@ -62,3 +62,24 @@ def test_bench_batching_ceiling_alone_writes_its_own_file(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/bench_batching.py", "--attacks", "cce"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "unknown attack cce" in bad.stderr
+
+
+def test_bench_batching_ceiling_times_the_models_own_latent_size(monkeypatch):
+    """The ceiling's UNet input has the model's latent shape (the mini VAE halves the picture, SD's divides by 8):
+    a smaller latent makes batch 1 mostly overhead and overstates what batching can win."""
+    import importlib.util
+    import types
+    import torch
+    spec = importlib.util.spec_from_file_location("bench_batching", os.path.join(ROOT, "scripts", "bench_batching.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+
+    def fake_eps(sd, unet, z, t, cond):
+        seen.append(tuple(z.shape))
+        return z * cond.mean()
+    monkeypatch.setattr(bench.sdlib, "eps", fake_eps)
+    sd = types.SimpleNamespace(latent_shape=(4, 16, 16), image_size=32, unet=None,
+                               text_encoder=types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=8)))
+    assert bench.inner_step_seconds(sd, 3, reps=1) > 0
+    assert seen and all(s == (3, 4, 16, 16) for s in seen)
