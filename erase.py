@@ -155,6 +155,26 @@ def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, see
 
 
 # ---- STEREO ------------------------------------------------------------------------------------------------------
+def stereo_tokens_of(run_dir, concept, rounds):
+    """The adversarial tokens {'<stereoK>': (D,)} a finished STEREO run of the same concept collected in stage 1,
+    in round order; fails unless there is one per round."""
+    path = os.path.join(run_dir, "embeddings.safetensors")
+    try:
+        cfg = sdlib.read_run_config(run_dir)
+        from safetensors.torch import load_file
+        emb = load_file(path)
+    except (OSError, ValueError, sdlib.LoadError) as e:
+        sdlib.fail(f"--stereo-tokens {run_dir}: not a finished erase.py run ({e})")
+    if cfg.get("method") != "stereo" or cfg.get("concept") != concept.name:
+        sdlib.fail(f"--stereo-tokens {run_dir} is a {cfg.get('method')!r} run erasing {cfg.get('concept')!r}; "
+                   f"it must be a stereo run erasing {concept.name!r}")
+    tokens = {k.split(".", 1)[1]: v for k, v in emb.items() if k.startswith("adversarial.<stereo")}
+    tokens = dict(sorted(tokens.items(), key=lambda kv: int(kv[0][len("<stereo"):-1])))
+    if len(tokens) != rounds:
+        sdlib.fail(f"--stereo-tokens {run_dir} holds {len(tokens)} adversarial tokens; --rounds is {rounds}")
+    return tokens
+
+
 def stereo(sd, concept, a, state):
     """STEREO. Stage 1, Search Thoroughly Enough: for K rounds, erase ESD-style (the concept in round 0, then the
     newest adversarial token), attack the erased model by textual inversion on a fresh slice of the concept's
@@ -173,6 +193,9 @@ def stereo(sd, concept, a, state):
             for n, p in params.items():
                 p.copy_(ck["params"][n])
         log(f"stereo: resumed after {done} of {a.rounds} stage-1 rounds")
+    elif a.stereo_tokens:  # stage 1 done elsewhere: a finished STEREO run's tokens, stage 2 alone here
+        tokens, done = stereo_tokens_of(a.stereo_tokens, concept, a.rounds), a.rounds
+        log(f"stereo: stage 1 skipped, {len(tokens)} adversarial tokens from {a.stereo_tokens}")
     ids = dict(zip(tokens, sdlib.add_tokens(sd, list(tokens)))) if tokens else {}
     n_pool = a.rounds * a.ti_images
     pool_templates = [concept.templates[i % len(concept.templates)] for i in range(n_pool)]
@@ -705,6 +728,9 @@ def parse(argv=None):
     g.add_argument("--reo-iterations", type=int, default=STEREO_REO_ITERATIONS)
     g.add_argument("--anchor-scale", type=float, default=STEREO_ANCHOR_SCALE, help="s_a")
     g.add_argument("--erase-scale-reo", type=float, default=STEREO_ERASE_SCALE, help="s_e")
+    g.add_argument("--stereo-tokens", default=None, metavar="RUN",
+                   help="skip stage 1: take the adversarial tokens a finished STEREO run of this concept collected "
+                        "(to compare stage-2 settings on the same tokens)")
     g = p.add_argument_group("AP (also uses --train-method, --iterations, --lr, --eta, --ddim-steps, --batch)")
     g.add_argument("--ap-candidates", type=int, default=AP_CANDIDATES)
     g.add_argument("--ap-vocab-pool", type=int, default=AP_VOCAB_POOL)
@@ -752,6 +778,8 @@ def parse(argv=None):
                  "dm2_circumvent_steps", "dm2_batch", "dm2_max_loops"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
+    if a.stereo_tokens and a.method != "stereo":
+        sdlib.fail("--stereo-tokens is a STEREO setting (--method stereo)")
     if a.rece_lambda <= 0:
         sdlib.fail("--rece-lambda must be positive (it keeps the adversarial embedding's system invertible)")
     if a.lr is None:  # the resolved rate is what config.json records

@@ -223,6 +223,22 @@ def test_stereo_runs_both_stages_and_resumes(tiny_model, tmp_path):
     full = sdlib.load(weights=str(tmp_path / "full"))
     for (n, p), q in zip(full.unet.named_parameters(), resumed.unet.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+    # --stereo-tokens: stage 2 alone on the full run's tokens gives the full run's model; other scales another one
+    r = run("erase.py", *args, "--stereo-tokens", str(tmp_path / "full"), "--out", str(tmp_path / "reo"))
+    assert r.returncode == 0, r.stderr
+    assert "stage 1 skipped" in r.stdout + r.stderr
+    reo = sdlib.load(weights=str(tmp_path / "reo"))
+    for (n, p), q in zip(full.unet.named_parameters(), reo.unet.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+    r = run("erase.py", *args, "--stereo-tokens", str(tmp_path / "full"), "--erase-scale-reo", "1",
+            "--out", str(tmp_path / "sym"))
+    assert r.returncode == 0, r.stderr
+    sym = sdlib.load(weights=str(tmp_path / "sym"))
+    assert any(not torch.equal(p, q) for p, q in zip(full.unet.parameters(), sym.unet.parameters()))
+    bad = run("erase.py", *args, "--rounds", "3", "--stereo-tokens", str(tmp_path / "full"), "--out",
+              str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "holds 2 adversarial tokens; --rounds is 3" in bad.stderr
+    assert not os.path.exists(tmp_path / "bad")
 
 
 def test_ap_adversary_moves_toward_the_more_damaged_concept():

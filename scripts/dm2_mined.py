@@ -1,0 +1,84 @@
+"""What do a DM2 run's mined embeddings draw? For each embedding the run kept (embeddings.safetensors, in mining
+order), PICTURES pictures on the original model and on the erased one, judged by the mini judge: the share the
+concept's head calls the concept, and what the style and shape heads say. Circumventing worked for an embedding
+when its share falls from the original model to the erased one.
+
+    python scripts/dm2_mined.py runs/dm2_vangogh --out results/.../dm2_mined.md
+
+Mini world only (the judge is the mini judge).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+
+import data  # noqa: E402
+import mini  # noqa: E402
+import sd as sdlib  # noqa: E402
+
+PICTURES = 8  # pictures per embedding and model (seeds 0..PICTURES-1)
+
+
+def shares(sd, embeddings, judge, concept, n):
+    """Per embedding: (share showing the concept, style counts, shape counts) over n pictures."""
+    names = [f"<dm{i}>" for i in range(next(iter(embeddings.values())).shape[0])]
+    ids = sdlib.add_tokens(sd, names)
+    rows = []
+    for vecs in embeddings.values():
+        x = sdlib.generate(sd, [" ".join(names)] * n, list(range(n)), inject=dict(zip(ids, vecs)), progress=False)
+        p = mini.judge_predict(judge, x)
+        hit = float((p[concept.attribute] == data.ATTRIBUTES[concept.attribute].index(concept.value)).mean())
+        rows.append((hit, np.bincount(p["style"], minlength=len(data.STYLES)),
+                     np.bincount(p["shape"], minlength=len(data.SHAPES))))
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a DM2 run folder written by erase.py --method dm2")
+    p.add_argument("--pictures", type=int, default=PICTURES)
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    a = p.parse_args()
+    cfg = sdlib.read_run_config(a.run)
+    if cfg.get("method") != "dm2":
+        sdlib.fail(f"{a.run} is a {cfg.get('method')!r} run, not dm2")
+    from safetensors.torch import load_file
+    emb = load_file(os.path.join(a.run, "embeddings.safetensors"))
+    emb = {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
+    if not emb:
+        sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
+    original = sdlib.load(None)
+    if data.world_of(original.image_size) != "mini":
+        sdlib.fail("dm2_mined.py judges with the mini judge: mini-world runs only")
+    concept = data.get_concept(cfg["concept"], "mini")
+    judge = mini.load_judge()
+    before = shares(original, emb, judge, concept, a.pictures)
+    after = shares(sdlib.load(weights=a.run), emb, judge, concept, a.pictures)
+    scores = [r for r in cfg.get("dm2_verify_scores", [])]
+    after_scores = cfg.get("dm2_verify_scores_after", [])
+    lines = [f"# What DM2's mined embeddings draw: {cfg['concept']!r}, seed {cfg['seed']}", "",
+             f"`python scripts/dm2_mined.py {a.run} --pictures {a.pictures}`: {a.pictures} pictures per embedding "
+             f"and model, judged by the mini judge ({concept.attribute} head for {concept.value!r}). Verify score: "
+             f"s(c) when mined, and of the same embedding after that loop's circumventing.", "",
+             "| embedding | verify s(c) (after) | concept share, original | concept share, erased | "
+             "styles on the erased model | shapes on the erased model |", "|---|---|---|---|---|---|"]
+    for i, (k, b, f) in enumerate(zip(emb, before, after)):
+        s = f"{scores[i]:.2f} ({after_scores[i]:.2f})" if i < min(len(scores), len(after_scores)) else "-"
+        styles = ", ".join(f"{n} {c}" for n, c in zip(data.STYLES, f[1]) if c)
+        shapes = ", ".join(f"{n} {c}" for n, c in zip(data.SHAPES, f[2]) if c)
+        lines.append(f"| {k} | {s} | {b[0]:.2f} | {f[0]:.2f} | {styles} | {shapes} |")
+    kept = sum(f[0] >= 0.5 for f in after)
+    lines += ["", f"Embeddings still drawing the concept in at least half their pictures on the erased model: "
+              f"{kept} of {len(after)}."]
+    print("\n".join(lines))
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        open(a.out, "w").write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
