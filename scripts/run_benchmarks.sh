@@ -24,10 +24,10 @@ python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks
     --out results/benchmark/van_gogh/ablation_advunlearn_lr2e-4
 # issue 4: the seed methods (STEREO, AP, DM2) against ESD and UCE under CCE and UnlearnDiff, several seeds, for the
 # style and for the shape, in the quick profile (seed 0 of van gogh reuses the quick-profile cells above). What the
-# README shows: seeds 0-2 of each (DM2 on the triangle: the same command with dm2 added to --methods).
+# README shows: seeds 0-2 of each.
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,stereo,ap,dm2 --attacks cce,unlearndiff \
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/van_gogh_quick_seeds
-python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,ap --attacks cce,unlearndiff \
+python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,ap,dm2 --attacks cce,unlearndiff \
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/triangle_quick_seeds
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
