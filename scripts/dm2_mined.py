@@ -51,14 +51,17 @@ def main():
     emb = {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
     if not emb:
         sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
-    original = sdlib.load(None)
+    base = cfg["base_model"]  # the run's own base model, as sdlib.load(weights=...) resolves it
+    if not os.path.isabs(base) and os.path.isdir(os.path.join(HERE, base)):
+        base = os.path.join(HERE, base)
+    original = sdlib.load(base)
     if data.world_of(original.image_size) != "mini":
         sdlib.fail("dm2_mined.py judges with the mini judge: mini-world runs only")
     concept = data.get_concept(cfg["concept"], "mini")
     judge = mini.load_judge()
     before = shares(original, emb, judge, concept, a.pictures)
     after = shares(sdlib.load(weights=a.run), emb, judge, concept, a.pictures)
-    scores = [r for r in cfg.get("dm2_verify_scores", [])]
+    scores = cfg.get("dm2_verify_scores", [])
     after_scores = cfg.get("dm2_verify_scores_after", [])
     lines = [f"# What DM2's mined embeddings draw: {cfg['concept']!r}, seed {cfg['seed']}", "",
              f"`python scripts/dm2_mined.py {a.run} --pictures {a.pictures}`: {a.pictures} pictures per embedding "
