@@ -793,7 +793,7 @@ def main(argv=None):
     try:
         run = sdlib.read_run_config(a.weights) if a.weights else None
         # the original model first: it draws the attack's reference pictures; the run is applied after
-        sd = sdlib.load(a.model or (run["base_model"] if run else None), a.device, a.half)
+        sd = sdlib.load(a.model or (sdlib.base_model_of(run) if run else None), a.device, a.half)
         concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line

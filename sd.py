@@ -68,13 +68,20 @@ def load(model=None, device="auto", half=False, weights=None):
     fp32 on CPU; half=True gives fp16 on a GPU. The DDIM schedule is rebuilt from the pipeline's own config."""
     run = read_run_config(weights) if weights else None
     if model is None:
-        model = run["base_model"] if run else DEFAULT_MODEL
-        if not os.path.isabs(model) and os.path.isdir(os.path.join(HERE, model)):
-            model = os.path.join(HERE, model)  # runs name bases inside this repository relative to it
+        model = base_model_of(run) if run else DEFAULT_MODEL
     sd = _load_pipeline(model, device, half)
     if run:
         apply_run(sd, weights, run)
     return sd
+
+
+def base_model_of(run):
+    """The base model a run's config.json names, as a path or hub id: runs name bases inside this repository
+    relative to it."""
+    model = run["base_model"]
+    if not os.path.isabs(model) and os.path.isdir(os.path.join(HERE, model)):
+        model = os.path.join(HERE, model)
+    return model
 
 
 def _load_pipeline(model, device, half):

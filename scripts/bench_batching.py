@@ -62,10 +62,7 @@ def time_attacks(a, attacks):
             weights = os.path.join(scratch, "uce")
             erase.main(["--method", "uce", "--concept", CONCEPT, "--out", weights, "--grid-seeds", "1"])
         run = sdlib.read_run_config(weights)
-        base = run["base_model"]  # the original model first: it draws the target pictures
-        if not os.path.isabs(base) and os.path.isdir(os.path.join(HERE, base)):
-            base = os.path.join(HERE, base)
-        sd = sdlib.load(base)
+        sd = sdlib.load(sdlib.base_model_of(run))  # the original model first: it draws the target pictures
         concept = data.get_concept(CONCEPT, data.world_of(sd.image_size))
         targets = attack.pick_targets(concept, a.targets, 0)
         reference = sdlib.generate(sd, [t for t, _ in targets], [s for _, s in targets], attack.EVAL_STEPS,

@@ -23,12 +23,13 @@ import sd as sdlib  # noqa: E402
 PICTURES = 8  # pictures per embedding and model (seeds 0..PICTURES-1)
 
 
-def shares(sd, embeddings, judge, concept, n):
+def shares(sd, embeddings, judge, concept, n, label):
     """Per embedding: (share showing the concept, style counts, shape counts) over n pictures."""
     names = [f"<dm{i}>" for i in range(next(iter(embeddings.values())).shape[0])]
     ids = sdlib.add_tokens(sd, names)
+    from tqdm.auto import tqdm
     rows = []
-    for vecs in embeddings.values():
+    for vecs in tqdm(list(embeddings.values()), desc=f"{label}: draw and judge"):
         x = sdlib.generate(sd, [" ".join(names)] * n, list(range(n)), inject=dict(zip(ids, vecs)), progress=False)
         p = mini.judge_predict(judge, x)
         hit = float((p[concept.attribute] == data.ATTRIBUTES[concept.attribute].index(concept.value)).mean())
@@ -43,24 +44,26 @@ def main():
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args()
-    cfg = sdlib.read_run_config(a.run)
+    if a.pictures < 1:
+        sdlib.fail("--pictures must be at least 1")
+    from safetensors.torch import load_file
+    try:
+        cfg = sdlib.read_run_config(a.run)
+        emb = load_file(os.path.join(a.run, "embeddings.safetensors")) if cfg.get("method") == "dm2" else {}
+    except (OSError, ValueError, sdlib.LoadError) as e:
+        sdlib.fail(f"{a.run}: not a finished erase.py run ({e})")
     if cfg.get("method") != "dm2":
         sdlib.fail(f"{a.run} is a {cfg.get('method')!r} run, not dm2")
-    from safetensors.torch import load_file
-    emb = load_file(os.path.join(a.run, "embeddings.safetensors"))
     emb = {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
     if not emb:
         sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
-    base = cfg["base_model"]  # the run's own base model, as sdlib.load(weights=...) resolves it
-    if not os.path.isabs(base) and os.path.isdir(os.path.join(HERE, base)):
-        base = os.path.join(HERE, base)
-    original = sdlib.load(base)
+    original = sdlib.load(sdlib.base_model_of(cfg))
     if data.world_of(original.image_size) != "mini":
         sdlib.fail("dm2_mined.py judges with the mini judge: mini-world runs only")
     concept = data.get_concept(cfg["concept"], "mini")
     judge = mini.load_judge()
-    before = shares(original, emb, judge, concept, a.pictures)
-    after = shares(sdlib.load(weights=a.run), emb, judge, concept, a.pictures)
+    before = shares(original, emb, judge, concept, a.pictures, "original model")
+    after = shares(sdlib.load(weights=a.run), emb, judge, concept, a.pictures, "erased model")
     scores = cfg.get("dm2_verify_scores", [])
     after_scores = cfg.get("dm2_verify_scores_after", [])
     lines = [f"# What DM2's mined embeddings draw: {cfg['concept']!r}, seed {cfg['seed']}", "",
