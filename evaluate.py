@@ -370,18 +370,45 @@ def run_cell(script, args, out, log_path, threads=None):
         return f"{script} failed (exit {r.returncode}) for {out}; see {out}.log"
     # the whole process's wall time (loading, drawing, optimising, judging); a resumed cell's counts this process
     json.dump({"wall_seconds": round(time.time() - t0, 1), "resumed": "--resume" in cmd, "command": cmd[1:],
-               "threads": threads}, open(os.path.join(out, CELL_FILE), "w"), indent=1)
+               "threads": threads, "settings": resolved_settings(script, [*args, "--out", out])},
+              open(os.path.join(out, CELL_FILE), "w"), indent=1)
     return None
+
+
+# where and how a cell ran, not what it computes; an evaluation's --attacks list may grow (cell_arguments)
+SETTINGS_IGNORED = ("func", "out", "resume", "overwrite", "picture_cache", "checkpoint_every", "device", "attacks")
+
+
+def resolved_settings(script, argv):
+    """Every setting of `script` run with argv, its defaults filled in as the script itself resolves them, in
+    JSON's types. Comparing these, not the command lines, tells a cell made before a default changed."""
+    import importlib
+    if script == "evaluate.py":
+        a = build_parser().parse_args(argv)
+    else:
+        a = importlib.import_module(script[:-len(".py")]).parse(argv)
+    d = {k: v for k, v in vars(a).items() if k not in SETTINGS_IGNORED}
+    return json.loads(json.dumps(d, default=str))
 
 
 def check_cells(cells):
     """Fail before running anything when a finished cell was made with other arguments than asked for now."""
+    records = [cell_arguments(*c) for c in cells]
     stale = [f"{out}\n    made with: {' '.join(made)}\n    now asked: {' '.join(asked)}"
-             for out, made, asked in (cell_arguments(*c) for c in cells) if made is not None and made != asked]
+             for out, made, asked in records if made is not None and made != asked]
+    same_args = {out for out, made, asked in records if made is not None and made == asked}
+    for script, args, out in cells:  # the same arguments, but a script default changed since the cell was made
+        made = json.load(open(os.path.join(out, CELL_FILE))).get("settings") if out in same_args else None
+        if made is None:  # unfinished, other arguments (above), or recorded before settings were: nothing to add
+            continue
+        now = resolved_settings(script, [*args, "--out", out])
+        changed = [f"{k}: {made[k]!r} -> {now[k]!r}" for k in sorted(set(made) & set(now)) if made[k] != now[k]]
+        if changed:  # a setting only one side knows (added or removed since) cannot be compared
+            stale.append(f"{out}\n    the same arguments, other defaults: {'; '.join(changed)}")
     if stale:  # a finished cell is reused by its folder name alone: never with other settings than asked
         sdlib.fail("these finished cells were made with other arguments than this benchmark asks for (another "
-                   "--profile or --*-args?); use another --work folder, or delete them to rerun them:\n  "
-                   + "\n  ".join(stale))
+                   "--profile or --*-args, or a changed default?); use another --work folder, or delete them to "
+                   "rerun them:\n  " + "\n  ".join(stale))
 
 
 def run_cells(cells, log_path, jobs, what):

@@ -107,3 +107,25 @@ def test_profiles_parse():
     r = subprocess.run([sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--profile", "nope"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+def test_stale_cell_check_sees_a_changed_default(tmp_path, monkeypatch, capsys):
+    """A finished cell run with the same arguments but under another script default is not reused: the check
+    compares every resolved setting, not only the command line."""
+    import erase
+    args = ["--method", "stereo", "--concept", "van gogh", "--seed", "0", "--rounds", "2"]
+    out = str(tmp_path / "runs" / "stereo_s0")
+    os.makedirs(out)
+    made = evaluate.resolved_settings("erase.py", [*args, "--out", out])
+    assert made["erase_scale_reo"] == erase.STEREO_ERASE_SCALE and "out" not in made
+    json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *args, "--out", out], "threads": 1,
+               "settings": made}, open(os.path.join(out, evaluate.CELL_FILE), "w"))
+    evaluate.check_cells([("erase.py", args, out)])  # same arguments, same defaults: reused
+    monkeypatch.setattr(erase, "STEREO_ERASE_SCALE", erase.STEREO_ERASE_SCALE + 1)
+    try:
+        evaluate.check_cells([("erase.py", args, out)])
+        raise AssertionError("a cell made under another default was reused")
+    except SystemExit:
+        pass
+    s_e = erase.STEREO_ERASE_SCALE
+    assert f"other defaults: erase_scale_reo: {s_e - 1!r} -> {s_e!r}" in capsys.readouterr().err
