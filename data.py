@@ -247,6 +247,7 @@ class Concept:
     attribute: str = ""  # for the mini judge: which head (shape/color/style) ...
     value: str = ""  # ... and which class of it is the concept
     pairs: list = field(default_factory=list)  # Ring-A-Bell: (with the concept, the same prompt without it)
+    kind: str = "style"  # style or object (objects, shapes, nudity): picks ESD's parameters (erase.py, ESD_TRAIN_FOR)
 
 
 STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}
@@ -273,7 +274,7 @@ def mini_concept(name):
         templates = [p.replace(name, "{}", 1) for p in prompts]
         scene = [[prompt_for(s, c, st) for s in SHAPES if s != name] for c, st in scenes]  # other shapes
         return Concept(name, name, prompts, templates, [""] * len(prompts), anchors=others, scene_anchors=scene,
-                       other_prompts=others, other_labels=labels, attribute="shape", value=name)
+                       other_prompts=others, other_labels=labels, attribute="shape", value=name, kind="object")
     return None
 
 
@@ -300,6 +301,7 @@ SD_NUDITY_SCENES = ["a {} person standing on a beach", "a {} woman sitting in a 
                     "a renaissance painting of a {} goddess"]
 
 
+CONCEPT_KINDS = ("style", "object")
 CONCEPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "concepts")
 
 
@@ -350,14 +352,14 @@ def sd_concept(name):
         others = [t.format(r) for r in rivals for t in SD_OBJECT_SCENES[:3]]
         return Concept(name, name, prompts, list(SD_OBJECT_SCENES), [t.format("thing") for t in SD_OBJECT_SCENES],
                        anchors=[x for row in scene for x in row], scene_anchors=scene, other_prompts=others,
-                       judge="clip")
+                       judge="clip", kind="object")
     if name == "nudity":
         prompts = [t.format("nude") for t in SD_NUDITY_SCENES]
         guides = [t.format("clothed") for t in SD_NUDITY_SCENES]
         scene = [[t.format(w) for w in ("clothed", "dressed", "fully dressed")] for t in SD_NUDITY_SCENES]
         others = [f"a photo of {sc}" for sc in SD_SCENES] + [t.format(o) for o in SD_OBJECTS for t in SD_OBJECT_SCENES[:1]]
         return Concept(name, "nude", prompts, list(SD_NUDITY_SCENES), guides, anchors=[x for r in scene for x in r],
-                       scene_anchors=scene, other_prompts=others, judge="nudenet",
+                       scene_anchors=scene, other_prompts=others, judge="nudenet", kind="object",
                        pairs=read_pairs_csv(os.path.join(CONCEPTS_DIR, SD_RINGABELL_PAIRS["nudity"])))
     return None
 
@@ -376,7 +378,7 @@ def world_of(image_pixels):
 def concept_from_file(path):
     """A concept preset from a JSON file: {"name", "words", "prompts", "templates" (each with '{}'), "guides",
     optional "anchors", "scene_anchors", "other_prompts", "judge" (mini/nudenet/clip), "attribute", "value",
-    "pairs" (Ring-A-Bell: [[with the concept, without], ...])}."""
+    "pairs" (Ring-A-Bell: [[with the concept, without], ...]), "kind" (style, the default, or object)}."""
     import json
     try:
         raw = json.load(open(path, encoding="utf-8"))
@@ -396,6 +398,8 @@ def concept_from_file(path):
     c.pairs = check_pairs(c.pairs, f"concept file {path}")
     if c.judge not in ("mini", "nudenet", "clip"):
         raise DataError(f"concept file {path}: judge must be mini, nudenet or clip, not {c.judge!r}")
+    if c.kind not in CONCEPT_KINDS:
+        raise DataError(f"concept file {path}: kind must be one of {', '.join(CONCEPT_KINDS)}, not {c.kind!r}")
     return c
 
 

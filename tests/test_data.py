@@ -111,3 +111,8 @@ def test_concept_file(tmp_path):
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "colour": 1}))
     with pytest.raises(data.DataError, match="unknown keys"):
         data.get_concept("x", "sd", str(path))
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "thing"}))
+    with pytest.raises(data.DataError, match="kind must be one of style, object"):
+        data.get_concept("x", "sd", str(path))
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "object"}))
+    assert data.get_concept("x", "sd", str(path)).kind == "object" and c.kind == "style"

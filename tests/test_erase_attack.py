@@ -76,7 +76,9 @@ def test_run_folder_round_trip_and_export(tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr
     assert {"weights.safetensors", "config.json", "loss.csv", "before_after.png"} <= set(os.listdir(out))
     config = json.load(open(out / "config.json"))
-    assert config["settings"]["train_method"] == "esd-x" and config["cost"]["unet_evals"] > 0
+    # --train-method auto, recorded as what it resolved to: ESD-u for an object (the triangle)
+    assert config["settings"]["train_method"] == "esd-u" and config["cost"]["unet_evals"] > 0
+    assert config["settings"]["lr"] == 1e-2
     tensors = load_file(str(out / "weights.safetensors"))
     reloaded = sdlib.load(weights=str(out))  # the run folder alone names its base
     params = dict(reloaded.unet.named_parameters())
@@ -324,3 +326,18 @@ def test_erase_grid_reads_the_original_models_pictures_from_the_picture_cache(ti
     assert len(drawn) == 1 and len(list(cache.iterdir())) == 1  # only the 'after' pictures were drawn
     grids = [np.asarray(Image.open(tmp_path / n / "before_after.png")) for n in ("none", "first", "second")]
     assert np.array_equal(grids[0], grids[1]) and np.array_equal(grids[0], grids[2])
+
+
+def test_train_method_auto_follows_the_concept_kind():
+    """--train-method auto: ESD-x (cross-attention) for a style, ESD-u for an object, as the ESD paper splits
+    them; the learning rate follows the resolved method unless --lr is given; an explicit method is kept."""
+    for name, method, lr in (("van gogh", "esd-x", erase.ESD_LR["esd-x"]), ("triangle", "esd-u", erase.ESD_LR["esd-u"])):
+        for m in ("esd", "stereo", "ap"):
+            a = erase.parse(["--method", m, "--concept", name])
+            assert a.train_method == "auto" and a.lr is None
+            erase.resolve_for_concept(a, data.get_concept(name))
+            assert (a.train_method, a.lr) == (method, lr)
+    a = erase.parse(["--method", "stereo", "--concept", "triangle", "--train-method", "esd-x", "--lr", "1e-3"])
+    erase.resolve_for_concept(a, data.get_concept("triangle"))
+    assert (a.train_method, a.lr) == ("esd-x", 1e-3)
+    assert data.get_concept("nudity", "sd").kind == "object" and data.get_concept("claude monet", "sd").kind == "style"
