@@ -497,8 +497,8 @@ def advunlearn(sd, concept, a, state):
     the inner attack sets by K sign-gradient steps on ||e_theta(x_t, [p; c]) - e_orig(x_t, c)||^2 (the erased
     model shows the concept again), warm-started from the previous iteration's p. The UNet stays frozen; every
     target (ESD's e(0) and e(c), the retain term's) comes from the original text encoder and UNet."""
-    resolve_for_concept(a, concept)
     a.train_method = "text-encoder"  # recorded in config.json: AdvUnlearn always trains the text encoder
+    resolve_for_concept(a, concept)  # its learning rate: the text encoder's
     # the original model: a frozen copy of the text encoder; shares the UNet, tokenizer and evaluation counters
     orig = dataclasses.replace(sd, text_encoder=copy.deepcopy(sd.text_encoder).requires_grad_(False))
     params = sdlib.select_params(sd, "text-encoder")
@@ -613,7 +613,6 @@ def rece(sd, concept, a, state):
 
     loss.csv per round, relative to the target's norm: rece_regen (||W' c' - W c||) before and after the round's
     edit, rece_guide_residual (||W' c' - W c_guide||), rece_concept_residual (||W' c - W c_guide||)."""
-    resolve_for_concept(a, concept)
     c_e, c_g, c_p = uce_columns(sd, concept, a)
     params = cross_attention_kv(sd)
     w_orig = [p.detach().clone() for p in params.values()]
