@@ -391,17 +391,26 @@ def resolved_settings(script, argv):
     return json.loads(json.dumps(d, default=str))
 
 
+def inside_checkout(settings, root):
+    """Settings with paths inside the checkout at root (defaults such as the mini world's folder) made relative
+    to it. check_cells applies it for the checkout that made a cell and for this one, so that a cell made by
+    another checkout of the same code (a moved clone, a worktree) compares equal."""
+    root = os.path.join(root, "")
+    return {k: v[len(root):] if isinstance(v, str) and v.startswith(root) else v for k, v in settings.items()}
+
+
 def check_cells(cells):
     """Fail before running anything when a finished cell was made with other arguments than asked for now."""
-    records = [cell_arguments(*c) for c in cells]
-    stale = [f"{out}\n    made with: {' '.join(made)}\n    now asked: {' '.join(asked)}"
-             for out, made, asked in records if made is not None and made != asked]
-    same_args = {out for out, made, asked in records if made is not None and made == asked}
-    for script, args, out in cells:  # the same arguments, but a script default changed since the cell was made
-        made = json.load(open(os.path.join(out, CELL_FILE))).get("settings") if out in same_args else None
-        if made is None:  # unfinished, other arguments (above), or recorded before settings were: nothing to add
+    stale = []
+    for script, args, out in cells:
+        out, made_args, asked, made, made_in = cell_arguments(script, args, out)
+        if made_args is not None and made_args != asked:
+            stale.append(f"{out}\n    made with: {' '.join(made_args)}\n    now asked: {' '.join(asked)}")
             continue
-        now = resolved_settings(script, [*args, "--out", out])
+        if made is None:  # unfinished, or recorded before settings were: the arguments are all there is to compare
+            continue
+        now = resolved_settings(script, [*args, "--out", out])  # the same arguments: has a default changed?
+        made, now = (inside_checkout(inside_checkout(x, made_in), HERE) for x in (made, now))
         changed = [f"{k}: {made[k]!r} -> {now[k]!r}" for k in sorted(set(made) & set(now)) if made[k] != now[k]]
         if changed:  # a setting only one side knows (added or removed since) cannot be compared
             stale.append(f"{out}\n    the same arguments, other defaults: {'; '.join(changed)}")
@@ -438,8 +447,10 @@ def run_cells(cells, log_path, jobs, what):
 
 
 def cell_arguments(script, args, out):
-    """(the arguments a finished cell was run with, those the benchmark asks for now): the script's own arguments
-    without --resume; (None, ...) for a cell not finished or made outside the benchmark (no record)."""
+    """(out, the arguments a finished cell was run with, those the benchmark asks for now, the resolved settings
+    it recorded, the checkout it ran in): the script's own arguments without --resume; (out, None, asked, None,
+    None) for a cell not finished or made outside the benchmark (no record); recorded settings None for a cell
+    made before they were recorded."""
     def settings(argv):
         argv = list(argv)
         if "--picture-cache" in argv:  # where pictures are kept changes no result
@@ -455,9 +466,10 @@ def cell_arguments(script, args, out):
     asked = settings([*args, "--out", out])
     path = os.path.join(out, CELL_FILE)
     if not os.path.exists(path):
-        return out, None, asked
-    made = [x for x in json.load(open(path))["command"][1:] if x != "--resume"]  # [0] is the script's path
-    return out, settings(made), asked
+        return out, None, asked, None, None
+    record = json.load(open(path))
+    made = [x for x in record["command"][1:] if x != "--resume"]  # [0] is the script's path
+    return out, settings(made), asked, record.get("settings"), os.path.dirname(record["command"][0])
 
 
 def cell_seconds(folder):

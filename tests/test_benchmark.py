@@ -121,6 +121,12 @@ def test_stale_cell_check_sees_a_changed_default(tmp_path, monkeypatch, capsys):
     json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *args, "--out", out], "threads": 1,
                "settings": made}, open(os.path.join(out, evaluate.CELL_FILE), "w"))
     evaluate.check_cells([("erase.py", args, out)])  # same arguments, same defaults: reused
+    # made by another checkout of the same code: its default paths (the mini world's folder) differ, and match
+    moved = {k: v.replace(evaluate.HERE, "/elsewhere") if isinstance(v, str) else v for k, v in made.items()}
+    assert moved != made
+    json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["/elsewhere/erase.py", *args, "--out", out],
+               "threads": 1, "settings": moved}, open(os.path.join(out, evaluate.CELL_FILE), "w"))
+    evaluate.check_cells([("erase.py", args, out)])
     monkeypatch.setattr(erase, "STEREO_ERASE_SCALE", erase.STEREO_ERASE_SCALE + 1)
     try:
         evaluate.check_cells([("erase.py", args, out)])
