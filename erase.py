@@ -159,19 +159,26 @@ def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, see
 
 
 # ---- STEREO ------------------------------------------------------------------------------------------------------
-def stereo_tokens_of(run_dir, concept, rounds):
-    """The adversarial tokens {'<stereoK>': (D,)} a finished STEREO run of the same concept collected in stage 1,
-    in round order; fails unless there is one per round."""
-    path = os.path.join(run_dir, "embeddings.safetensors")
+def run_embeddings(run_dir, method, concept_name=None, what=""):
+    """(config.json, the tensors of embeddings.safetensors) of a finished erase.py run of `method` (and of
+    `concept_name` if given); one line and exit otherwise. `what` starts the message (the flag that named it)."""
+    where = f"{what} {run_dir}".strip()
     try:
         cfg = sdlib.read_run_config(run_dir)
         from safetensors.torch import load_file
-        emb = load_file(path)
+        emb = load_file(os.path.join(run_dir, "embeddings.safetensors"))
     except (OSError, ValueError, sdlib.LoadError) as e:
-        sdlib.fail(f"--stereo-tokens {run_dir}: not a finished erase.py run ({e})")
-    if cfg.get("method") != "stereo" or cfg.get("concept") != concept.name:
-        sdlib.fail(f"--stereo-tokens {run_dir} is a {cfg.get('method')!r} run erasing {cfg.get('concept')!r}; "
-                   f"it must be a stereo run erasing {concept.name!r}")
+        sdlib.fail(f"{where}: not a finished erase.py run ({e})")
+    if cfg.get("method") != method or concept_name not in (None, cfg.get("concept")):
+        sdlib.fail(f"{where} is a {cfg.get('method')!r} run erasing {cfg.get('concept')!r}; it must be a {method} "
+                   "run" + (f" erasing {concept_name!r}" if concept_name else ""))
+    return cfg, emb
+
+
+def stereo_tokens_of(run_dir, concept, rounds):
+    """The adversarial tokens {'<stereoK>': (D,)} a finished STEREO run of the same concept collected in stage 1,
+    in round order; fails unless there is one per round."""
+    _, emb = run_embeddings(run_dir, "stereo", concept.name, "--stereo-tokens")
     tokens = {k.split(".", 1)[1]: v for k, v in emb.items() if k.startswith("adversarial.<stereo")}
     tokens = dict(sorted(tokens.items(), key=lambda kv: int(kv[0][len("<stereo"):-1])))
     if len(tokens) != rounds:

@@ -46,14 +46,8 @@ def main():
     a = p.parse_args()
     if a.pictures < 1:
         sdlib.fail("--pictures must be at least 1")
-    from safetensors.torch import load_file
-    try:
-        cfg = sdlib.read_run_config(a.run)
-        emb = load_file(os.path.join(a.run, "embeddings.safetensors")) if cfg.get("method") == "dm2" else {}
-    except (OSError, ValueError, sdlib.LoadError) as e:
-        sdlib.fail(f"{a.run}: not a finished erase.py run ({e})")
-    if cfg.get("method") != "dm2":
-        sdlib.fail(f"{a.run} is a {cfg.get('method')!r} run, not dm2")
+    import erase
+    cfg, emb = erase.run_embeddings(a.run, "dm2")
     emb = {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
     if not emb:
         sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
