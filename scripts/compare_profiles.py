@@ -1,6 +1,7 @@
 """Compare two benchmark reports of the same concept cell by cell (e.g. the quick profile against the full one):
 for every method both have, the concept rate, preservation and every ASR side by side, the largest gap, and
-whether the two tables order the methods the same way by mean ASR; plus the wall time of each.
+whether the two tables order the methods the same way by mean ASR; each method's erase cost in UNet evaluations
+(the compared one's as a fraction of the reference's); plus the wall time of each.
 
     python scripts/compare_profiles.py results/benchmark/van_gogh results/benchmark/van_gogh_quick \
         --out results/benchmark/van_gogh_quick/vs_full.md
@@ -50,7 +51,7 @@ def main(argv=None):
     r, o = a.labels
     cols = ["concept_rate", "preservation"] + [f"asr_{at}" for at in attacks]
     names = ["concept rate", "preservation"] + [f"ASR {at}" for at in attacks]
-    head = ["method"] + names + ["largest gap"]
+    head = ["method"] + names + ["largest gap", "erase UNet evals (fraction)"]
     lines = [f"Each cell: {r} / {o}. Reference: {ref['command']}. Compared: {oth['command']}.", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     gaps = []
@@ -67,6 +68,8 @@ def main(argv=None):
                 worst = (abs(v2 - v1), n)
         gaps.append(worst[0])
         row.append(f"{worst[0]:.2f} ({worst[1]})" if worst[1] else "0.00")
+        e1, e2 = (s.get("erase_unet_evals", {}).get("mean") for s in (s1, s2))
+        row.append(f"{e1:,.0f} / {e2:,.0f} ({e2 / e1:.2f})" if e1 and e2 is not None else "-")
         lines.append("| " + " | ".join(row) + " |")
     cells = [abs(ref["summary"][m][c]["mean"] - oth["summary"][m][c]["mean"]) for m in methods for c in cols
              if ref["summary"][m][c]["mean"] is not None and oth["summary"][m][c]["mean"] is not None]
