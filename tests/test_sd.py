@@ -1,10 +1,14 @@
 """The shared Stable Diffusion core on a tiny random pipeline: loading, DDIM, generation, parameter rules."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import sd as sdlib
 from conftest import build_tiny_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_save_load_round_trip(tmp_path, tokenizer_dir):
@@ -115,3 +119,21 @@ def test_parameter_rule_refuses_empty_and_unknown(tiny_sd):
         sdlib.select_params(tiny_sd.vae, "esd-x", verbose=False)  # the VAE has no cross-attention
     with pytest.raises(ValueError, match="accepted: esd-x"):
         sdlib.select_params(tiny_sd, "xattn", verbose=False)
+
+
+def test_switched_sampling_is_plain_sampling_at_the_ends(tiny_sd):
+    """scripts/switch_prompts.py: switching prompts after all K steps (or none) is exactly sd.generate's picture
+    of the first (or second) prompt; a switch midway gives a picture of neither."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("switch_prompts", os.path.join(ROOT, "scripts", "switch_prompts.py"))
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    sd, prompts, seeds, steps = tiny_sd, ["a red circle", "a blue star"], [3, 4], 4
+    with torch.no_grad():
+        first, then = sdlib.encode(sd, prompts), sdlib.encode(sd, prompts[::-1])
+        plain = sdlib.generate(sd, prompts, seeds, steps, 5.0, progress=False)
+        swapped = sdlib.generate(sd, prompts[::-1], seeds, steps, 5.0, progress=False)
+        assert (sp.sample_switched(sd, first, then, seeds, steps, steps, 5.0) == plain).all()
+        assert (sp.sample_switched(sd, first, then, seeds, 0, steps, 5.0) == swapped).all()
+        mid = sp.sample_switched(sd, first, then, seeds, 2, steps, 5.0)
+        assert not (mid == plain).all() and not (mid == swapped).all()
