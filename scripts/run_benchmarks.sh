@@ -31,3 +31,17 @@ python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/triangle_quick_seeds
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
+# issue 6: the paper-length schedules of STEREO (the public code's step counts) and AP (1000 iterations) against the
+# defaults of the van gogh table above (seed 0, full-profile attacks), and AP at 400 iterations
+python evaluate.py benchmark --concept "van gogh" --methods stereo,ap --attacks cce,unlearndiff --seeds 1 --jobs 2 \
+    --erase-args "--iterations 1000 --ste-iterations 200 --ti-steps 375 --reo-iterations 200" \
+    --work work/benchmark/van_gogh_paper --out results/benchmark/van_gogh_paper
+python scripts/compare_profiles.py results/benchmark/van_gogh_paper results/benchmark/van_gogh \
+    --labels paper-length default --out results/benchmark/van_gogh_paper/vs_default.md
+python evaluate.py benchmark --concept "van gogh" --methods ap --attacks cce,unlearndiff --seeds 1 \
+    --erase-args "--iterations 400" --work work/benchmark/van_gogh_ap400 --out results/benchmark/van_gogh_ap400
+python scripts/compare_profiles.py results/benchmark/van_gogh_paper results/benchmark/van_gogh_ap400 \
+    --labels paper-length 400-iterations --out results/benchmark/van_gogh_ap400/vs_paper.md
+# when the mini world decides a concept (switching the prompt after K of 25 DDIM steps)
+python scripts/switch_prompts.py --concept "van gogh" --out results/diagnostics/switch_van_gogh.md
+python scripts/switch_prompts.py --concept triangle --out results/diagnostics/switch_triangle.md
