@@ -439,6 +439,13 @@ def image_grid(images, cols, scale=3, pad=1):
     return grid.repeat(scale, 0).repeat(scale, 1)
 
 
+def save_text(text, path):
+    """Write a report (Markdown) to path, making its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def save_png(array, path):
     from PIL import Image
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -13,6 +13,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+
 
 def load(folder):
     path = os.path.join(folder, "metrics.json")
@@ -90,8 +93,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        open(a.out, "w").write(text)
+        data.save_text(text, a.out)
 
 
 if __name__ == "__main__":

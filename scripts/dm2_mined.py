@@ -76,8 +76,7 @@ def main():
               f"{kept} of {len(after)}."]
     print("\n".join(lines))
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        open(a.out, "w").write("\n".join(lines) + "\n")
+        data.save_text("\n".join(lines) + "\n", a.out)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,7 @@ def main(argv=None):
         "concept first, anchor after |", "|---|---|---|---|", *rows, ""])
     print(text)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        open(a.out, "w").write(text)
+        data.save_text(text, a.out)
 
 
 if __name__ == "__main__":
