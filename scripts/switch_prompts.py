@@ -49,7 +49,10 @@ def main(argv=None):
     bad = [k for k in SWITCH_AT if k > a.steps]
     if bad:
         sys.exit(f"error: --steps {a.steps} is below the switch points {bad}")
-    sd = sdlib.load(weights=a.weights)
+    try:
+        sd = sdlib.load(weights=a.weights)
+    except sdlib.LoadError as e:
+        sys.exit(f"error: {e}")
     if data.world_of(sd.image_size) != "mini":
         sys.exit("error: mini world only (the judge is the mini judge)")
     concept = data.get_concept(a.concept, "mini")
