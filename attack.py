@@ -69,7 +69,8 @@ RB_BATCH = 512  # sequences per text-encoder call in the search
 TOKEN_POOL = "words"
 PICTURE_CACHE = None  # folder for the pictures an attack draws before attacking (the original model's reference
 #   pictures, the erased model's plain-prompt pictures), keyed by model, prompts, seeds and sampler: the benchmark's
-#   cells share them instead of drawing the same pictures once per cell (same pictures: generation is deterministic)
+#   cells share them instead of drawing the same pictures once per cell (same pictures: generation is deterministic),
+#   and Ring-A-Bell's search result, which depends on the original model only
 CHECKPOINT_EVERY = 10  # steps (CCE), timesteps (UnlearnDiff), iterations (P4D), generations (Ring-A-Bell) per checkpoint
 
 
@@ -585,14 +586,32 @@ def generate_from_embeddings(sd, cond, seeds, steps, guidance, batch=64):
     return sdlib.sample(sd, lambda rows: cond[rows], seeds, steps, guidance, batch, progress=False)
 
 
-def ringabell(sd, _, concept, targets, judge, a, original):
+def ringabell(sd, _, concept, targets, judge, a, original, search_cache=None):
     """Ring-A-Bell: the concept vector c = mean over prompt pairs of tau(with) - tau(without) on the text encoder's
     full (77, D) output, the target tau(P) + eta c for each target prompt P, and a genetic search for K tokens whose
     encoding is closest to it; the erased model then draws the discovered tokens. Model-agnostic: tau is the
     ORIGINAL text encoder, and the search spends text-encoder evaluations only. ringabell-continuous feeds the target
-    embedding straight to the erased UNet instead (no prompt: an upper bound on what a prompt can reach)."""
+    embedding straight to the erased UNet instead (no prompt: an upper bound on what a prompt can reach).
+
+    search_cache (folder, the original model's identity): as the search never sees the erased model, its result is
+    kept there and reused by every later run with the same original model, targets and search settings (the
+    benchmark attacks every method with the same search; its cost is reported as the run that made it)."""
     te, n, seeds = original["text_encoder"], len(targets), [s for _, s in targets]
     pairs = ring_a_bell_pairs(concept, a.shape_pairs)
+    cache_path = None
+    if search_cache and a.attack == "ringabell":
+        import hashlib
+        key = json.dumps([search_cache[1], [list(t) for t in targets], [list(p) for p in pairs], a.eta, a.num_tokens,
+                          a.token_pool, a.population, a.generations, a.crossover, a.mutation, a.elite, a.seed,
+                          RB_BATCH])
+        cache_path = os.path.join(search_cache[0], "ringabell_" + hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt")
+        if sdlib.all_ranks(os.path.exists(cache_path)):  # every rank takes the same branch
+            found = torch.load(cache_path, weights_only=True)
+            log(f"ringabell: the search result from the cache ({cache_path}), made with "
+                f"{found['search_cost']['text_encoder_evals']} text-encoder evaluations")
+            return ringabell_outcome(sd, a, targets, seeds, judge, found["best"], found["history"],
+                                     found["concept_vector"], dict(found["search_cost"], reused_from=cache_path),
+                                     len(pairs))
     with sdlib.Timer(sd) as search, torch.no_grad():
         c = losses.ring_a_bell_concept_vector(encode_prompts(sd, [w for w, _ in pairs], te),
                                               encode_prompts(sd, [wo for _, wo in pairs], te))  # (77, D)
@@ -609,20 +628,32 @@ def ringabell(sd, _, concept, targets, judge, a, original):
             best, history = genetic_search(fitness, n, a.num_tokens, vocab_ids(sd, a.token_pool), a.population,
                                            a.generations, a.crossover, a.mutation, a.elite, gen, progress=True,
                                            ckpt=Checkpoint(a, "ringabell"))
-    info = {"search_cost": search.as_dict(), "concept_pairs": len(pairs), "eta": a.eta}
     if a.attack == "ringabell-continuous":
+        info = {"search_cost": search.as_dict(), "concept_pairs": len(pairs), "eta": a.eta}
         prompts = [f"[continuous: tau(P) + {a.eta:g} c fed to the UNet] {p}" for p, _ in targets]
         images = generate_from_embeddings(sd, target, seeds, a.eval_steps, a.eval_guidance)
-        learned = {"concept_vector": c, "target_embeddings": target}
-    else:
-        seq = with_specials(sd, best)
-        prompts = [decode_ids(sd, row) for row in seq]
-        images = generate_from_ids(sd, seq, seeds, a.eval_steps, a.eval_guidance)
-        learned = {"concept_vector": c, "token_ids": best}
-        info["text_round_trip"] = round_trips(sd, seq, prompts).tolist()
-        info["search_fitness"] = {"first": history[0].mean().item(), "last": history[-1].mean().item()}
-        log(f"ringabell: mean best fitness {info['search_fitness']['first']:.4f} -> "
-            f"{info['search_fitness']['last']:.4f} over {a.generations} generations")
+        return prompts, images, judge(images), {"concept_vector": c, "target_embeddings": target}, info
+    if cache_path and sdlib.is_main_process():
+        os.makedirs(search_cache[0], exist_ok=True)
+        part = f"{cache_path}.{os.getpid()}.part"  # per process: benchmark cells running side by side may race
+        torch.save({"best": best.cpu(), "history": history.cpu(), "concept_vector": c.cpu(),
+                    "search_cost": search.as_dict()}, part)
+        os.replace(part, cache_path)
+    return ringabell_outcome(sd, a, targets, seeds, judge, best, history, c, search.as_dict(), len(pairs))
+
+
+def ringabell_outcome(sd, a, targets, seeds, judge, best, history, c, search_cost, n_pairs):
+    """The erased model draws the searched tokens: (prompts, pictures, hits, learned tensors, info)."""
+    best = best.to(sd.device)
+    info = {"search_cost": search_cost, "concept_pairs": n_pairs, "eta": a.eta}
+    seq = with_specials(sd, best)
+    prompts = [decode_ids(sd, row) for row in seq]
+    images = generate_from_ids(sd, seq, seeds, a.eval_steps, a.eval_guidance)
+    learned = {"concept_vector": c.to(sd.device), "token_ids": best}
+    info["text_round_trip"] = round_trips(sd, seq, prompts).tolist()
+    info["search_fitness"] = {"first": history[0].mean().item(), "last": history[-1].mean().item()}
+    log(f"ringabell: mean best fitness {info['search_fitness']['first']:.4f} -> "
+        f"{info['search_fitness']['last']:.4f} over {a.generations} generations")
     return prompts, images, judge(images), learned, info
 
 
@@ -718,7 +749,8 @@ def parse(argv=None):
                    help="steps between checkpoints in <out>.tmp (0: none)")
     p.add_argument("--resume", action="store_true", help="continue a stopped attack from its checkpoint in <out>.tmp")
     p.add_argument("--picture-cache", default=PICTURE_CACHE,
-                   help="folder to share the pictures drawn before attacking with other runs (the benchmark's cells)")
+                   help="folder to share the pictures drawn before attacking, and Ring-A-Bell's search, with other runs "
+                        "(the benchmark's cells)")
     p.add_argument("--attack-all-targets", action="store_true", default=ATTACK_ALL_TARGETS,
                    help="attack targets whose plain picture already shows the concept too (same ASR; default: "
                         "UnlearnDiff and P4D skip them, and no attack runs when every target shows it)")
@@ -841,7 +873,9 @@ def main(argv=None):
                 adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
                     p4d, sd, reference, concept, targets, judge, a, pre, plain, original)
             else:  # Ring-A-Bell's search runs on every rank (text encoder only); its pictures are shared out
-                adv_prompts, images, hit, learned, info = ringabell(sd, reference, concept, targets, judge, a, original)
+                adv_prompts, images, hit, learned, info = ringabell(
+                    sd, reference, concept, targets, judge, a, original,
+                    search_cache=(a.picture_cache, base_id) if a.picture_cache else None)
         success = hit | pre
         rates = success_rates(pre, hit)
         rows = [{"target_prompt": p, "evaluation_seed": s, "adversarial_prompt": ap, "pre_attack_success": int(b),

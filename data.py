@@ -439,6 +439,15 @@ def image_grid(images, cols, scale=3, pad=1):
     return grid.repeat(scale, 0).repeat(scale, 1)
 
 
+def grid_pictures(grid, cols, scale=3, pad=1):
+    """The pictures of an image_grid of square pictures, back: (rows * cols, H, W, 3); cells never filled are gray."""
+    grid = np.asarray(grid)[::scale, ::scale]
+    size = (grid.shape[1] - pad) // cols - pad
+    rows = (grid.shape[0] - pad) // (size + pad)
+    return np.stack([grid[pad + r * (size + pad):pad + r * (size + pad) + size,
+                          pad + c * (size + pad):pad + c * (size + pad) + size] for r in range(rows) for c in range(cols)])
+
+
 def save_text(text, path):
     """Write a report (Markdown) to path, making its folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -718,7 +718,8 @@ def parse(argv=None):
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from <out>.tmp/checkpoint.pt")
     p.add_argument("--export", help="also write a full diffusers pipeline folder of the erased model here")
-    p.add_argument("--grid-seeds", type=int, default=2, help="pictures per prompt in before_after.png")
+    p.add_argument("--grid-seeds", type=int, default=2,
+                   help="pictures per prompt in before_after.png (0: no before_after.png, and no pictures drawn for it)")
     p.add_argument("--picture-cache", default=None,
                    help="folder where the original model's pictures for before_after.png are kept and reused "
                         "(the benchmark shares one between its cells)")
@@ -793,6 +794,8 @@ def parse(argv=None):
                  "dm2_circumvent_steps", "dm2_batch", "dm2_max_loops"):
         if getattr(a, name) < 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be at least 1")
+    if a.grid_seeds < 0:
+        sdlib.fail("--grid-seeds must be 0 (no before_after.png) or more")
     if a.stereo_tokens and a.method != "stereo":
         sdlib.fail("--stereo-tokens is a STEREO setting (--method stereo)")
     if a.rece_lambda <= 0:
@@ -833,18 +836,20 @@ def main(argv=None):
     grid_seeds = [a.seed + k for _ in before_prompts + other_prompts for k in range(a.grid_seeds)]
     base_fp = sdlib.fingerprint(sd)
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
-        before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
-                                       progress=False)
+        if grid_prompts:
+            before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
+                                           progress=False)
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
         try:
             with sdlib.Timer(sd) as timer:
                 changed = METHOD_FNS[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
-        after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
-        n = len(before_prompts) * a.grid_seeds
-        rows = [before[:n], after[:n], before[n:], after[n:]]
-        data.save_png(data.image_grid(np.concatenate(rows), n), os.path.join(tmp, "before_after.png"))
+        if grid_prompts:
+            after = sdlib.generate(sd, grid_prompts, grid_seeds, progress=False)
+            n = len(before_prompts) * a.grid_seeds
+            rows = [before[:n], after[:n], before[n:], after[n:]]
+            data.save_png(data.image_grid(np.concatenate(rows), n), os.path.join(tmp, "before_after.png"))
         settings = {k: v for k, v in vars(a).items()}
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
                   "base_fingerprint": base_fp,

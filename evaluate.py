@@ -315,13 +315,19 @@ BENCH_SEEDS = 1
 # script's defaults. "quick" shortens every cell so that one seed of every method x every attack fits a laptop's
 # half hour (issue 6): 10 target prompts instead of 30 (ASR in steps of 0.1), about half of every optimisation
 # budget, one picture per evaluation prompt; the README compares its table with the full profile's. AP keeps its
-# 200 iterations: at 100 it had not erased anything yet (van gogh rate 1.00; ESD-x at 100: 0.13).
+# 200 iterations: at 100 it had not erased anything yet (van gogh rate 1.00; ESD-x at 100: 0.13). The ESD-family
+# erasers (ESD, STEREO, AP, AdvUnlearn) draw x_t by partial DDIM of 25 steps instead of 50: the same iterations,
+# at half the cost of that sampling, which is most of an iteration's (about 50 of its 53 UNet evaluations). Erase
+# cells draw no before/after grid: the report builds it from the evaluation cells' pictures.
 BENCH_PROFILES = {
     "full": {"erase": {}, "attack": {}, "eval": []},
     "quick": {
-        "erase": {  # by method; a method not named runs its defaults
-            "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
-            "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
+        "erase": {  # "*" applies to every method; a method not named runs its defaults
+            "*": ["--grid-seeds", "0"],
+            "esd-x": ["--iterations", "100", "--ddim-steps", "25"], "esd-u": ["--iterations", "100", "--ddim-steps", "25"],
+            "advunlearn": ["--iterations", "100", "--ddim-steps", "25"], "ap": ["--ddim-steps", "25"],
+            "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150",
+                       "--ddim-steps", "25"],
             "dm2": ["--dm2-max-loops", "3", "--dm2-circumvent-steps", "100", "--dm2-pool", "12"],
         },
         "attack": {  # "*" applies to every attack
@@ -602,7 +608,7 @@ def cmd_benchmark(a):
             weights = []
             if BENCH_METHODS[method] is not None:
                 stages["erase"].append(("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed),
-                                                     "--picture-cache", pictures,
+                                                     "--picture-cache", pictures, *profile["erase"].get("*", []),
                                                      *profile["erase"].get(method, []), *extra["erase"]], run_dir))
                 weights = ["--weights", run_dir]
             attack_dirs = []
@@ -686,15 +692,19 @@ def cmd_benchmark(a):
                 import shutil
                 shutil.copy(g, os.path.join(out, f"{method}_{at}_grid.png"))
                 grids.append(f"[{at}]({method}_{at}_grid.png)")
-        src = os.path.join(work, "runs", f"{method}_s{seeds[0]}", "before_after.png")
+        if BENCH_METHODS[method] is None:  # the base model: nothing before and after
+            continue
+        src, dst = os.path.join(work, "runs", f"{method}_s{seeds[0]}", "before_after.png"), f"{method}_before_after.png"
         if os.path.exists(src):
             import shutil
-            shutil.copy(src, os.path.join(out, f"{method}_before_after.png"))
-            lines.append(f"**{method}**, seed {seeds[0]} (rows: the concept's prompts before, after; other concepts' "
-                         f"prompts before, after): ![{method}]({method}_before_after.png)")
-            if grids:
-                lines.append(f"Attack pictures (plain prompts on top, attacked below): {', '.join(grids)}")
-            lines.append("")
+            shutil.copy(src, os.path.join(out, dst))
+            rows_are = "the concept's prompts before, after; other concepts' prompts before, after"
+        else:  # erased without a grid (--grid-seeds 0, the quick profile): from the evaluation's pictures
+            rows_are = before_after_from_evaluations(os.path.join(work, "eval"), method, seeds[0], os.path.join(out, dst))
+        lines.append(f"**{method}**, seed {seeds[0]} (rows: {rows_are}): ![{method}]({dst})")
+        if grids:
+            lines.append(f"Attack pictures (plain prompts on top, attacked below): {', '.join(grids)}")
+        lines.append("")
     if points:
         scatter_png(points, os.path.join(out, "robustness_vs_utility.png"), "preservation (utility)",
                     "1 - mean ASR (robustness)")
@@ -706,6 +716,27 @@ def cmd_benchmark(a):
     print("\n".join(lines[:len(methods) + 6]))
     print(f"wrote {out}/report.md, metrics.json, robustness_vs_utility.png ({ran} cells run in "
           f"{time.time() - t0:.0f} s; cells in {work})")
+
+
+def before_after_from_evaluations(eval_dir, method, seed, path, per_row=8):
+    """A before/after figure from the evaluation cells' grids, for runs erased without one (--grid-seeds 0): the
+    first row of concept_grid.png and of other_grid.png (the same prompts and seeds in every cell), the base model's
+    (eval/base_s<seed>, when the benchmark has it) above the method's. Writes path; returns what its rows are."""
+    from PIL import Image
+
+    def first_row(cell, grid):
+        return data.grid_pictures(np.asarray(Image.open(os.path.join(eval_dir, cell, grid)).convert("RGB")), 8)[:per_row]
+
+    base, mine = f"base_s{seed}", f"{method}_s{seed}"
+    has_base = os.path.exists(os.path.join(eval_dir, base, "concept_grid.png"))
+    rows, names = [], []
+    for grid, what in (("concept_grid.png", "the concept's prompts"), ("other_grid.png", "other concepts' prompts")):
+        if has_base:
+            rows.append(first_row(base, grid))
+        rows.append(first_row(mine, grid))
+        names.append(f"{what} before, after" if has_base else f"{what} after erasing")
+    data.save_png(data.image_grid(np.concatenate(rows), per_row), path)
+    return "; ".join(names) + " (the evaluation's pictures)"
 
 
 def add_model_args(p):

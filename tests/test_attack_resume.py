@@ -116,3 +116,32 @@ def test_picture_cache_gives_the_same_outputs_and_draws_each_picture_set_once(er
                         "--picture-cache", str(cache)])
     assert base["reference_cost"]["unet_evals"] == 0  # the base model's target pictures were drawn already
     assert len(list(cache.iterdir())) == 2  # ... and its plain pictures are the same pictures
+
+
+def test_ring_a_bell_search_is_shared_through_the_cache(erased, tiny_model, tmp_path):
+    """Ring-A-Bell's search sees the original text encoder only, so with --picture-cache a second run (here on another
+    model: the base) reuses the first run's tokens instead of searching again; the outputs equal uncached runs'."""
+    torch.set_num_threads(2)
+    cache = tmp_path / "pictures"
+    common = ["--attack", "ringabell", "--concept", "van gogh", "--num-targets", "3", "--eval-steps", "2",
+              "--attack-all-targets", *STEPS["ringabell"][0]]
+    on_erased, on_base = ["--weights", str(erased)], ["--model", tiny_model]
+    uncached = [attack.main([*common, *w, "--out", str(tmp_path / f"plain{i}")]) for i, w in
+                enumerate((on_erased, on_base))]
+    first = attack.main([*common, *on_erased, "--out", str(tmp_path / "first"), "--picture-cache", str(cache)])
+    second = attack.main([*common, *on_base, "--out", str(tmp_path / "second"), "--picture-cache", str(cache)])
+    assert len([f for f in os.listdir(cache) if f.startswith("ringabell_")]) == 1
+    searched = uncached[1]["search_cost"]["text_encoder_evals"]
+    assert first["search_cost"]["text_encoder_evals"] == searched > 0 and "reused_from" not in first["search_cost"]
+    assert second["search_cost"]["reused_from"].startswith(str(cache))  # reported as the run that made it ...
+    assert second["search_cost"]["text_encoder_evals"] == searched
+    assert second["cost"]["text_encoder_evals"] < uncached[1]["cost"]["text_encoder_evals"] - searched / 2  # ... not run
+    for cached, plain in (("first", "plain0"), ("second", "plain1")):
+        a, b = outputs(tmp_path / cached), outputs(tmp_path / plain)
+        assert a[0] == b[0] and a[3] == b[3] and all(np.array_equal(a[2][k], b[2][k]) for k in a[2])
+        assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    other = attack.main([*common[:-len(STEPS["ringabell"][0])], "--generations", "4", "--population", "4",
+                         "--elite", "1", "--num-tokens", "4", *on_base, "--out", str(tmp_path / "other"),
+                         "--picture-cache", str(cache)])
+    assert "reused_from" not in other["search_cost"]  # other search settings: a search of its own
+    assert len([f for f in os.listdir(cache) if f.startswith("ringabell_")]) == 2

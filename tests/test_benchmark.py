@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def bench(tiny_model, tmp_path, *more):
     cmd = [sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--model", tiny_model,
            "--methods", "base,uce", "--attacks", "cce", "--seeds", "2", "--work", str(tmp_path / "work"),
-           "--out", str(tmp_path / "out"), "--erase-args", "--grid-seeds 1",
+           "--out", str(tmp_path / "out"), "--erase-args", "--grid-seeds 0",
            "--attack-args", "--steps 2 --num-images 2 --batch 2 --num-targets 2 --eval-steps 2",
            "--eval-args", "--num-seeds 1 --num-other 3 --steps 2", *more]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -34,6 +34,10 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     assert m["summary"]["uce"]["erase_unet_evals"]["mean"] is not None
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| uce |" in report and "| base |" in report and os.path.exists(tmp_path / "out" / "robustness_vs_utility.png")
+    # erased without a grid (--grid-seeds 0): the report's before/after figure comes from the evaluations' pictures
+    assert not os.path.exists(tmp_path / "work" / "runs" / "uce_s0" / "before_after.png")
+    assert "![uce](uce_before_after.png)" in report and "before, after (the evaluation's pictures)" in report
+    assert os.path.exists(tmp_path / "out" / "uce_before_after.png") and "![base]" not in report
     # every cell's wall time is recorded in its folder and the report adds them up
     cell = json.load(open(tmp_path / "work" / "attacks" / "uce_s0_cce" / evaluate.CELL_FILE))
     assert cell["wall_seconds"] > 0 and cell["command"][0].endswith("attack.py")
@@ -96,8 +100,9 @@ def test_profiles_parse():
     import erase
     for name, prof in evaluate.BENCH_PROFILES.items():
         for method, args in prof["erase"].items():
-            assert evaluate.BENCH_METHODS.get(method), (name, method)
-            a = erase.parse([*evaluate.BENCH_METHODS[method], "--concept", "van gogh", "--out", "x", *args])
+            assert method == "*" or evaluate.BENCH_METHODS.get(method), (name, method)
+            a = erase.parse([*evaluate.BENCH_METHODS["esd-x" if method == "*" else method], "--concept", "van gogh",
+                             "--out", "x", *args])
             for flag, value in zip(args[::2], args[1::2]):
                 assert str(getattr(a, flag[2:].replace("-", "_"))) == value
         for at, args in prof["attack"].items():
@@ -135,3 +140,27 @@ def test_stale_cell_check_sees_a_changed_default(tmp_path, monkeypatch, capsys):
         pass
     s_e = erase.STEREO_ERASE_SCALE
     assert f"other defaults: erase_scale_reo: {s_e - 1!r} -> {s_e!r}" in capsys.readouterr().err
+
+
+def test_before_after_from_evaluations(tmp_path):
+    """The figure's rows are the first row of the base model's and the method's concept_grid.png, then of their
+    other_grid.png, picture for picture; without the base model's cell, the method's rows alone."""
+    import numpy as np
+    import data
+    rng = np.random.default_rng(0)
+    pics = {}
+    for cell in ("base_s0", "uce_s0"):
+        for grid, n in (("concept_grid.png", 12), ("other_grid.png", 9)):
+            pics[cell, grid] = rng.integers(0, 255, (n, 16, 16, 3)).astype(np.uint8)
+            data.save_png(data.image_grid(pics[cell, grid], 8), str(tmp_path / "eval" / cell / grid))
+    rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
+    from PIL import Image
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), 8)
+    want = [pics[c, g][:8] for g in ("concept_grid.png", "other_grid.png") for c in ("base_s0", "uce_s0")]
+    assert np.array_equal(got, np.concatenate(want))
+    assert rows.startswith("the concept's prompts before, after; other concepts' prompts before, after")
+    shutil.rmtree(tmp_path / "eval" / "base_s0")
+    rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), 8)
+    assert np.array_equal(got, np.concatenate([pics["uce_s0", "concept_grid.png"][:8], pics["uce_s0", "other_grid.png"][:8]]))
+    assert "before" not in rows and "after erasing" in rows
