@@ -312,31 +312,33 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
 BENCH_ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
 BENCH_SEEDS = 1
 # --profile: the settings every cell gets before the user's --erase-args/--attack-args/--eval-args. "full" is each
-# script's defaults. "quick" shortens every cell so that one seed of every method x every attack fits a laptop's
-# half hour (issue 6): 10 target prompts instead of 30 (ASR in steps of 0.1), about half of every optimisation
-# budget, one picture per evaluation prompt; the README compares its table with the full profile's. AP keeps its
-# 200 iterations: at 100 it had not erased anything yet (van gogh rate 1.00; ESD-x at 100: 0.13). The ESD-family
-# erasers (ESD, STEREO, AP, AdvUnlearn) draw x_t by partial DDIM of 25 steps instead of 50: the same iterations,
-# at half the cost of that sampling, which is most of an iteration's (about 50 of its 53 UNet evaluations). Erase
-# cells draw no before/after grid: the report builds it from the evaluation cells' pictures.
+# script's defaults. "quick" shortens every cell: 10 target prompts instead of 30 (ASR in steps of 0.1), about half
+# of every optimisation budget, one picture per evaluation prompt; the README compares its table with the full
+# profile's. AP keeps its 200 iterations: at 100 it had not erased anything yet (van gogh rate 1.00; ESD-x at 100:
+# 0.13). "laptop" is quick cut further so that one seed of every method x every attack aims at a laptop's half hour
+# on 2 CPU cores (issue 6; quick took 46 min): the ESD-family erasers (ESD, STEREO, AP, AdvUnlearn) draw x_t by
+# partial DDIM of 25 steps instead of 50 (the same iterations at half the cost of that sampling, which is about 50
+# of an iteration's 53 UNet evaluations), P4D runs 50 iterations, and erase cells draw no before/after grid (the
+# report builds it from the evaluation cells' pictures). Its own folders; the README compares it with full too.
+_ESD_FAMILY_QUICK = {
+    "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
+    "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
+}
+_QUICK_ATTACKS = {  # "*" applies to every attack
+    "*": ["--num-targets", "10"], "cce": ["--steps", "100", "--num-images", "32", "--batch", "4"],
+    "unlearndiff": ["--timesteps", "5"], "p4d-n": ["--iterations", "100"], "p4d-k": ["--iterations", "100"],
+    "ringabell": ["--generations", "20"],
+}
+_DM2_QUICK = ["--dm2-max-loops", "3", "--dm2-circumvent-steps", "100", "--dm2-pool", "12"]
 BENCH_PROFILES = {
     "full": {"erase": {}, "attack": {}, "eval": []},
-    "quick": {
-        "erase": {  # "*" applies to every method; a method not named runs its defaults
-            "*": ["--grid-seeds", "0"],
-            "esd-x": ["--iterations", "100", "--ddim-steps", "25"], "esd-u": ["--iterations", "100", "--ddim-steps", "25"],
-            "advunlearn": ["--iterations", "100", "--ddim-steps", "25"], "ap": ["--ddim-steps", "25"],
-            "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150",
-                       "--ddim-steps", "25"],
-            "dm2": ["--dm2-max-loops", "3", "--dm2-circumvent-steps", "100", "--dm2-pool", "12"],
-        },
-        "attack": {  # "*" applies to every attack
-            "*": ["--num-targets", "10"], "cce": ["--steps", "100", "--num-images", "32", "--batch", "4"],
-            "unlearndiff": ["--timesteps", "5"], "p4d-n": ["--iterations", "100"], "p4d-k": ["--iterations", "100"],
-            "ringabell": ["--generations", "20"],
-        },
-        "eval": ["--num-seeds", "1", "--num-other", "30"],
-    },
+    "quick": {"erase": {**_ESD_FAMILY_QUICK, "dm2": _DM2_QUICK},  # a method not named runs its defaults
+              "attack": _QUICK_ATTACKS, "eval": ["--num-seeds", "1", "--num-other", "30"]},
+    "laptop": {"erase": {"*": ["--grid-seeds", "0"],  # "*" applies to every method
+                         **{m: [*args, "--ddim-steps", "25"] for m, args in _ESD_FAMILY_QUICK.items()},
+                         "ap": ["--ddim-steps", "25"], "dm2": _DM2_QUICK},
+               "attack": {**_QUICK_ATTACKS, "p4d-n": ["--iterations", "50"], "p4d-k": ["--iterations", "50"]},
+               "eval": ["--num-seeds", "1", "--num-other", "30"]},
 }
 BENCH_JOBS = 1  # cells run side by side (--jobs); each gets cores / jobs threads
 CELL_FILE = "benchmark_cell.json"  # written into each cell's folder: its wall time
@@ -699,7 +701,7 @@ def cmd_benchmark(a):
             import shutil
             shutil.copy(src, os.path.join(out, dst))
             rows_are = "the concept's prompts before, after; other concepts' prompts before, after"
-        else:  # erased without a grid (--grid-seeds 0, the quick profile): from the evaluation's pictures
+        else:  # erased without a grid (--grid-seeds 0, the laptop profile): from the evaluation's pictures
             rows_are = before_after_from_evaluations(os.path.join(work, "eval"), method, seeds[0], os.path.join(out, dst))
         lines.append(f"**{method}**, seed {seeds[0]} (rows: {rows_are}): ![{method}]({dst})")
         if grids:
@@ -787,7 +789,8 @@ def build_parser():
     b.add_argument("--seeds", type=int, default=BENCH_SEEDS, help="seeds per method (consecutive from --seed)")
     b.add_argument("--seed", type=int, default=SEED)
     b.add_argument("--profile", default="full", choices=list(BENCH_PROFILES),
-                   help="full: every script's defaults; quick: shorter cells (see BENCH_PROFILES), own folders")
+                   help="full: every script's defaults; quick: shorter cells; laptop: shorter still (see "
+                        "BENCH_PROFILES); each profile has its own folders")
     b.add_argument("--jobs", type=int, default=BENCH_JOBS, help="cells run side by side, sharing the cores")
     b.add_argument("--model", default=None, help="base model for every cell (default: mini world)")
     b.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>[_<profile>])")
