@@ -210,13 +210,16 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
     noise_all = torch.stack([torch.randn(z0_all.shape[1:], generator=g) for g in gens]).to(z0_all)  # fixed per target
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
     done = np.zeros(n, bool)
+    # each target's latest judged picture and verdict: a target stops changing once it succeeds, and the last check
+    # judges every target still active, so these are the final prompts' pictures (none is drawn twice)
+    images, hit = np.zeros_like(target_images), np.zeros(n, bool)
     sweep = np.linspace(a.t_max, a.t_min, a.timesteps).round().astype(int)
     ckpt, first = Checkpoint(a, "unlearndiff"), 0
     if st := ckpt.load():
         with torch.no_grad():
             probs.copy_(st["probs"])
         opt.load_state_dict(st["opt"])
-        done, first = st["done"], st["step"]
+        done, first, images, hit = st["done"], st["step"], st["images"], st["hit"]
     bar = tqdm(list(enumerate(sweep))[first:], desc="unlearndiff", initial=first, total=len(sweep))
     for block, t in bar:
         active = np.flatnonzero(~done)
@@ -239,13 +242,14 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
         bar.set_postfix(loss=f"{loss.item() / len(active):.4f}", active=len(active), refresh=False)
         if (block + 1) % a.check_every == 0 or block == len(sweep) - 1:
             tokens = probs.argmax(-1).cpu()
-            images = generate_with_prefix(sd, tokens[active], [targets[i] for i in active], ids, a)
-            done[active[judge(images)]] = True
-        ckpt.save(block + 1, lambda: {"probs": probs.detach().clone(), "opt": opt.state_dict(), "done": done.copy()})
+            images[active] = generate_with_prefix(sd, tokens[active], [targets[i] for i in active], ids, a)
+            hit[active] = judge(images[active])
+            done[active[hit[active]]] = True
+        ckpt.save(block + 1, lambda: {"probs": probs.detach().clone(), "opt": opt.state_dict(), "done": done.copy(),
+                                      "images": images.copy(), "hit": hit.copy()})
     tokens = probs.argmax(-1).cpu()
-    images = generate_with_prefix(sd, tokens, targets, ids, a)
     adv_prompts = [sd.tokenizer.decode(row.tolist()) + " " + p for row, (p, _) in zip(tokens, targets)]
-    return adv_prompts, images, judge(images), {"prefix_token_ids": tokens}
+    return adv_prompts, images, hit, {"prefix_token_ids": tokens}
 
 
 def generate_with_prefix(sd, tokens, targets, ids, a):

@@ -318,8 +318,10 @@ BENCH_SEEDS = 1
 # 0.13). "laptop" is quick cut further so that one seed of every method x every attack aims at a laptop's half hour
 # on 2 CPU cores (issue 6; quick took 46 min): the ESD-family erasers (ESD, STEREO, AP, AdvUnlearn) draw x_t by
 # partial DDIM of 25 steps instead of 50 (the same iterations at half the cost of that sampling, which is about 50
-# of an iteration's 53 UNet evaluations), P4D runs 50 iterations, and erase cells draw no before/after grid (the
-# report builds it from the evaluation cells' pictures). Its own folders; the README compares it with full too.
+# of an iteration's 53 UNet evaluations), P4D runs 50 iterations, UnlearnDiff and P4D judge their prompts once, at
+# the end (drawing the targets' pictures at every check was most of their cost), and erase cells draw no
+# before/after grid (the report builds it from the evaluation cells' pictures). Its own folders; the README
+# compares it with full too.
 _ESD_FAMILY_QUICK = {
     "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
     "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
@@ -337,7 +339,9 @@ BENCH_PROFILES = {
     "laptop": {"erase": {"*": ["--grid-seeds", "0"],  # "*" applies to every method
                          **{m: [*args, "--ddim-steps", "25"] for m, args in _ESD_FAMILY_QUICK.items()},
                          "ap": ["--ddim-steps", "25"], "dm2": _DM2_QUICK},
-               "attack": {**_QUICK_ATTACKS, "p4d-n": ["--iterations", "50"], "p4d-k": ["--iterations", "50"]},
+               "attack": {**_QUICK_ATTACKS, "unlearndiff": ["--timesteps", "5", "--check-every", "5"],
+                          "p4d-n": ["--iterations", "50", "--check-every", "50"],
+                          "p4d-k": ["--iterations", "50", "--check-every", "50"]},
                "eval": ["--num-seeds", "1", "--num-other", "30"]},
 }
 BENCH_JOBS = 1  # cells run side by side (--jobs); each gets cores / jobs threads
@@ -428,9 +432,13 @@ def check_cells(cells):
                    "rerun them:\n  " + "\n  ".join(stale))
 
 
-def run_cells(cells, log_path, jobs, what):
-    """Run the incomplete ones of cells [(script, args, out)], `jobs` at a time; return how many ran. A failed
-    cell stops the benchmark after the cells running beside it finish (completed cells are kept)."""
+def run_cells(cells, log_path, jobs, what, needs=None):
+    """Run the incomplete ones of cells [(script, args, out)], `jobs` at a time, each as soon as the cells it needs
+    (needs: {out: [outs]}) are finished, earlier in the list first; return how many ran. No stage waits for the
+    last cell of the one before: an attack starts when its own erasure is done. A failed cell stops the benchmark
+    after the cells running beside it finish (completed cells are kept)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    needs = needs or {}
     todo = [c for c in cells if not os.path.exists(c[2])]
     print(f"[{time.strftime('%H:%M:%S')}] {what}, {len(todo)} of {len(cells)} cells to run, {jobs} at a time",
           flush=True)
@@ -438,19 +446,26 @@ def run_cells(cells, log_path, jobs, what):
         return 0
     jobs = min(jobs, len(todo))  # one cell left gets every core
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    if jobs == 1:
-        errors = []
-        for c in todo:
-            err = run_cell(*c, log_path)
-            if err:
-                errors.append(err)
+    pending, running, errors = list(todo), {}, []
+    with ThreadPoolExecutor(jobs) as pool:
+        while running or (pending and not errors):
+            while pending and not errors and len(running) < jobs:
+                ready = next((c for c in pending if all(os.path.exists(d) for d in needs.get(c[2], []))), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running[pool.submit(run_cell, *ready, log_path, threads)] = ready
+            if not running:
                 break
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(jobs) as pool:
-            errors = [e for e in pool.map(lambda c: run_cell(*c, log_path, threads), todo) if e]
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                del running[f]
+                if err := f.result():
+                    errors.append(err)
     if errors:
         sdlib.fail("; ".join(errors) + ". Rerun the same benchmark command to resume: completed cells are kept")
+    if pending:  # cannot happen from cmd_benchmark: every cell a cell needs is in the list before it
+        sdlib.fail(f"{len(pending)} cells need cells that are not finished: " + ", ".join(c[2] for c in pending))
     return len(todo)
 
 
@@ -600,9 +615,10 @@ def cmd_benchmark(a):
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
     t0 = time.time()
-    # every cell first; then they run by stage (erasing, attacking, evaluating), --jobs at a time within a stage,
-    # seed by seed within a stage: a benchmark stopped early has whole seeds to show (--seeds N reads the first N)
-    plan, stages = {}, {"erase": [], "attack": [], "eval": []}
+    # every cell first; then they run --jobs at a time, each as soon as the cells it needs are done, erasing first,
+    # then attacking, then evaluating, seed by seed within each: a benchmark stopped early has whole seeds to show
+    # (--seeds N reads the first N)
+    plan, stages, needs = {}, {"erase": [], "attack": [], "eval": []}, {}
     for seed in seeds:
         for method in methods:
             tag = f"{method}_s{seed}"
@@ -620,14 +636,15 @@ def cmd_benchmark(a):
                     "--attack", at, *common, *weights, "--seed", str(seed), "--picture-cache", pictures,
                     *profile["attack"].get("*", []), *profile["attack"].get(at, []), *extra["attack"]], d))
                 attack_dirs.append(d)
+                needs[d] = [run_dir] if weights else []
             ev = os.path.join(work, "eval", tag)
             stages["eval"].append(("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
                                                    *attack_dirs, *profile["eval"], *extra["eval"]], ev))
+            needs[ev] = needs[attack_dirs[0]] + attack_dirs if attack_dirs else ([run_dir] if weights else [])
             plan[(method, seed)] = run_dir, weights, attack_dirs, ev
-    check_cells([c for cells_of_stage in stages.values() for c in cells_of_stage])
-    ran = 0
-    for stage, cells_of_stage in stages.items():
-        ran += run_cells(cells_of_stage, log_path, a.jobs, f"{concept.name} ({a.profile} profile): {stage}")
+    cells = [c for cells_of_stage in stages.values() for c in cells_of_stage]
+    check_cells(cells)
+    ran = run_cells(cells, log_path, a.jobs, f"{concept.name} ({a.profile} profile): erase, attack, evaluate", needs)
     cells = {}
     for (method, seed), (run_dir, weights, attack_dirs, ev) in plan.items():
         m = json.load(open(os.path.join(ev, "metrics.json")))

@@ -18,6 +18,10 @@ python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks
 python evaluate.py benchmark --concept "van gogh" --methods all --attacks all --seeds "$SEEDS" --profile quick --jobs 2
 python scripts/compare_profiles.py results/benchmark/van_gogh results/benchmark/van_gogh_quick \
     --out results/benchmark/van_gogh_quick/vs_full.md
+# the laptop profile (quick cut further, aiming at 30 minutes on 2 cores) from scratch, and its distance from the full
+python evaluate.py benchmark --concept "van gogh" --methods all --attacks all --seeds "$SEEDS" --profile laptop --jobs 2
+python scripts/compare_profiles.py results/benchmark/van_gogh results/benchmark/van_gogh_laptop --labels full laptop \
+    --out results/benchmark/van_gogh_laptop/vs_full.md
 # AdvUnlearn at the learning rate it used to have (its own cells: the settings differ from the default's)
 python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks cce,unlearndiff --seeds "$SEEDS" \
     --erase-args "--lr 2e-4" --work work/benchmark/van_gogh_advunlearn_lr2e-4 \

@@ -164,3 +164,45 @@ def test_before_after_from_evaluations(tmp_path):
     got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), 8)
     assert np.array_equal(got, np.concatenate([pics["uce_s0", "concept_grid.png"][:8], pics["uce_s0", "other_grid.png"][:8]]))
     assert "before" not in rows and "after erasing" in rows
+
+
+def test_cells_start_as_soon_as_what_they_need_is_done(tmp_path, monkeypatch):
+    """No stage barrier: an attack whose erasure is done starts while another erasure still runs, and never
+    before its own; earlier cells in the list go first; a failed cell stops the rest."""
+    import threading
+    import time
+    events, lock = [], threading.Lock()
+    seconds = {"erase_slow": 0.6, "erase_fast": 0.05, "attack_slow": 0.05, "attack_fast": 0.05}
+
+    def fake_cell(script, args, out, log_path, threads=None):
+        name = os.path.basename(out)
+        with lock:
+            events.append(("start", name))
+        time.sleep(seconds[name])
+        if name == "attack_fast" and "fail" in args:
+            return "attack_fast failed"
+        os.makedirs(out)
+        with lock:
+            events.append(("end", name))
+        return None
+
+    monkeypatch.setattr(evaluate, "run_cell", fake_cell)
+    cells = [("erase.py", [], str(tmp_path / n)) for n in ("erase_slow", "erase_fast", "attack_slow", "attack_fast")]
+    needs = {str(tmp_path / "attack_slow"): [str(tmp_path / "erase_slow")],
+             str(tmp_path / "attack_fast"): [str(tmp_path / "erase_fast")]}
+    assert evaluate.run_cells(cells, str(tmp_path / "log"), 2, "test", needs) == 4
+    order = list(events)
+    assert order.index(("start", "attack_fast")) < order.index(("end", "erase_slow"))  # no barrier
+    assert order.index(("start", "attack_slow")) > order.index(("end", "erase_slow"))  # never before its need
+    assert order[:2] == [("start", "erase_slow"), ("start", "erase_fast")]  # the list's order first
+    for n in ("erase_slow", "erase_fast", "attack_slow", "attack_fast"):
+        shutil.rmtree(tmp_path / n)
+    events.clear()
+    cells[3] = ("attack.py", ["fail"], cells[3][2])
+    try:
+        evaluate.run_cells(cells, str(tmp_path / "log"), 2, "test", needs)
+        raise AssertionError("a failed cell did not stop the benchmark")
+    except SystemExit:
+        pass
+    assert ("end", "erase_slow") in events  # the cell beside the failed one finished ...
+    assert ("start", "attack_slow") not in events  # ... and nothing new started after the failure

@@ -203,6 +203,31 @@ def test_unlearndiff_returns_discrete_prefix_tokens(tiny_sd):
     assert all(p.endswith(t[0]) for p, t in zip(prompts, targets))
 
 
+def test_unlearndiff_draws_each_judged_picture_once(tiny_sd):
+    """Pictures are drawn only at the checks, for the targets still active there; the returned pictures and verdicts
+    are each target's last judged ones, equal to drawing its final prompt again (which the attack no longer does)."""
+    a = attack.parse(["--attack", "unlearndiff", "--concept", "van gogh", "--out", "x", "--timesteps", "3",
+                      "--iters-per-t", "1", "--check-every", "1", "--eval-steps", "2", "--prefix", "2"])
+    targets = [("a red circle in the style of van gogh", 0), ("a blue star in the style of van gogh", 1)]
+    calls = []
+
+    def first_target_at_first_check(ims):  # sees the concept in target 0's picture at the first check only
+        calls.append(len(ims))
+        return np.array([len(calls) == 1 and i == 0 for i in range(len(ims))])
+
+    before = tiny_sd.counts["unet"]
+    prompts, out, hit, learned = attack.unlearndiff(tiny_sd, np.zeros((2, 16, 16, 3), np.uint8),
+                                                    data.get_concept("van gogh"), targets,
+                                                    first_target_at_first_check, a)
+    active = 2 + 1 + 1  # targets active at the three timesteps (and drawn at their checks): both, then one
+    assert calls == [2, 1, 1] and hit.tolist() == [True, False]
+    # one UNet evaluation per active target and iteration, and 2 DDIM steps x (cond + uncond) per drawn picture
+    assert tiny_sd.counts["unet"] - before == active * 1 + active * 2 * 2
+    again = attack.generate_with_prefix(tiny_sd, learned["prefix_token_ids"], targets,
+                                        [tiny_sd.tokenizer.convert_tokens_to_ids(f"<ud{j}>") for j in range(2)], a)
+    assert np.array_equal(again, out)  # the final prompts' pictures
+
+
 def test_stereo_runs_both_stages_and_resumes(tiny_model, tmp_path):
     args = ["--method", "stereo", "--concept", "van gogh", "--model", tiny_model, "--rounds", "2",
             "--ste-iterations", "2", "--ti-steps", "2", "--ti-images", "2", "--reo-iterations", "3",
