@@ -24,6 +24,7 @@ STEPS = 25  # DDIM steps
 GUIDANCE = 5.0  # classifier-free guidance scale
 BATCH = 64  # prompts per batch
 SEED = 0  # seed of prompts given with --prompt (the i-th picture of a prompt uses SEED + i)
+GRID_COLS = 8  # pictures per row of an evaluation's concept_grid.png and other_grid.png
 
 
 def collect_prompts(a):
@@ -253,8 +254,8 @@ def cmd_evaluate(a):
         m["attacks"] = dict(attack_summary(d) for d in a.attacks or [])
         json.dump(m, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
         open(os.path.join(tmp, "report.md"), "w").write(report_table([m]) + "\n")
-        data.save_png(data.image_grid(c_images[:32], 8), os.path.join(tmp, "concept_grid.png"))
-        data.save_png(data.image_grid(o_images[:32], 8), os.path.join(tmp, "other_grid.png"))
+        data.save_png(data.image_grid(c_images[:32], GRID_COLS), os.path.join(tmp, "concept_grid.png"))
+        data.save_png(data.image_grid(o_images[:32], GRID_COLS), os.path.join(tmp, "other_grid.png"))
     print(report_table([m]))
     print(f"wrote {a.out}/metrics.json, report.md, concept_grid.png, other_grid.png")
 
@@ -623,12 +624,12 @@ def cmd_benchmark(a):
         for method in methods:
             tag = f"{method}_s{seed}"
             run_dir = os.path.join(work, "runs", tag)
-            weights = []
+            weights, erased = [], []  # erased: the cell the method's attacks and evaluation wait for
             if BENCH_METHODS[method] is not None:
                 stages["erase"].append(("erase.py", [*BENCH_METHODS[method], *common, "--seed", str(seed),
                                                      "--picture-cache", pictures, *profile["erase"].get("*", []),
                                                      *profile["erase"].get(method, []), *extra["erase"]], run_dir))
-                weights = ["--weights", run_dir]
+                weights, erased = ["--weights", run_dir], [run_dir]
             attack_dirs = []
             for at in attacks:
                 d = os.path.join(work, "attacks", f"{tag}_{at}")
@@ -636,11 +637,11 @@ def cmd_benchmark(a):
                     "--attack", at, *common, *weights, "--seed", str(seed), "--picture-cache", pictures,
                     *profile["attack"].get("*", []), *profile["attack"].get(at, []), *extra["attack"]], d))
                 attack_dirs.append(d)
-                needs[d] = [run_dir] if weights else []
+                needs[d] = erased
             ev = os.path.join(work, "eval", tag)
             stages["eval"].append(("evaluate.py", ["evaluate", *common, *weights, "--seed", str(seed), "--attacks",
                                                    *attack_dirs, *profile["eval"], *extra["eval"]], ev))
-            needs[ev] = needs[attack_dirs[0]] + attack_dirs if attack_dirs else ([run_dir] if weights else [])
+            needs[ev] = erased + attack_dirs
             plan[(method, seed)] = run_dir, weights, attack_dirs, ev
     cells = [c for cells_of_stage in stages.values() for c in cells_of_stage]
     check_cells(cells)
@@ -744,7 +745,8 @@ def before_after_from_evaluations(eval_dir, method, seed, path, per_row=8):
     from PIL import Image
 
     def first_row(cell, grid):
-        return data.grid_pictures(np.asarray(Image.open(os.path.join(eval_dir, cell, grid)).convert("RGB")), 8)[:per_row]
+        grid = np.asarray(Image.open(os.path.join(eval_dir, cell, grid)).convert("RGB"))
+        return data.grid_pictures(grid, GRID_COLS)[:per_row]
 
     base, mine = f"base_s{seed}", f"{method}_s{seed}"
     has_base = os.path.exists(os.path.join(eval_dir, base, "concept_grid.png"))
