@@ -152,16 +152,16 @@ def test_before_after_from_evaluations(tmp_path):
     for cell in ("base_s0", "uce_s0"):
         for grid, n in (("concept_grid.png", 12), ("other_grid.png", 9)):
             pics[cell, grid] = rng.integers(0, 255, (n, 16, 16, 3)).astype(np.uint8)
-            data.save_png(data.image_grid(pics[cell, grid], 8), str(tmp_path / "eval" / cell / grid))
+            data.save_png(data.image_grid(pics[cell, grid], evaluate.GRID_COLS), str(tmp_path / "eval" / cell / grid))
     rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
     from PIL import Image
-    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), 8)
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), evaluate.GRID_COLS)
     want = [pics[c, g][:8] for g in ("concept_grid.png", "other_grid.png") for c in ("base_s0", "uce_s0")]
     assert np.array_equal(got, np.concatenate(want))
     assert rows.startswith("the concept's prompts before, after; other concepts' prompts before, after")
     shutil.rmtree(tmp_path / "eval" / "base_s0")
     rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
-    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), 8)
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), evaluate.GRID_COLS)
     assert np.array_equal(got, np.concatenate([pics["uce_s0", "concept_grid.png"][:8], pics["uce_s0", "other_grid.png"][:8]]))
     assert "before" not in rows and "after erasing" in rows
 
