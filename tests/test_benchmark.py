@@ -51,11 +51,15 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     shutil.rmtree(tmp_path / "work" / "attacks" / "uce_s1_cce")
     shutil.rmtree(tmp_path / "work" / "eval" / "uce_s1")
     shutil.rmtree(tmp_path / "work" / "eval" / "base_s0")
-    r = bench(tiny_model, tmp_path, "--jobs", "2")  # two cells side by side: the same table
+    # two cells side by side, each started as a fresh `python script.py` (the first call forked them from the
+    # preloaded server): the same table
+    r = bench(tiny_model, tmp_path, "--jobs", "2", "--cell-start", "fresh")
     assert r.returncode == 0, r.stderr
     m2 = json.load(open(tmp_path / "out" / "metrics.json"))
     assert m2["cells_run_this_call"] == 3
-    assert json.load(open(tmp_path / "work" / "eval" / "base_s0" / evaluate.CELL_FILE))["threads"] >= 1
+    record = json.load(open(tmp_path / "work" / "eval" / "base_s0" / evaluate.CELL_FILE))
+    assert record["threads"] >= 1 and record["start"] == "fresh"
+    assert json.load(open(tmp_path / "work" / "eval" / "base_s1" / evaluate.CELL_FILE))["start"] == "preloaded"
     assert without_seconds(m2["summary"]) == without_seconds(m["summary"])  # bit-identical results on CPU
     # an attack added later: only its cells run, the evaluations are reused, and the old columns stay the same
     r = bench(tiny_model, tmp_path, "--attacks", "cce,ringabell-continuous")
@@ -174,7 +178,7 @@ def test_cells_start_as_soon_as_what_they_need_is_done(tmp_path, monkeypatch):
     events, lock = [], threading.Lock()
     seconds = {"erase_slow": 0.6, "erase_fast": 0.05, "attack_slow": 0.05, "attack_fast": 0.05}
 
-    def fake_cell(script, args, out, log_path, threads=None):
+    def fake_cell(script, args, out, log_path, threads=None, start=None):
         name = os.path.basename(out)
         with lock:
             events.append(("start", name))
@@ -206,3 +210,14 @@ def test_cells_start_as_soon_as_what_they_need_is_done(tmp_path, monkeypatch):
         pass
     assert ("end", "erase_slow") in events  # the cell beside the failed one finished ...
     assert ("start", "attack_slow") not in events  # ... and nothing new started after the failure
+
+
+def test_preloaded_cell_runs_the_script_and_reports_its_exit(tmp_path):
+    """A cell forked from the preload server is the script run as `python script.py`: its output in OUT.log and
+    its exit code (argparse's 2 here) in the failure message; a second cell reuses the same server."""
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        err = evaluate.run_cell("attack.py", ["--attack", "no-such-attack"], out, str(tmp_path / "log"), 1, "preloaded")
+        assert err is not None and "exit 2" in err and out in err
+        assert "invalid choice: 'no-such-attack'" in open(out + ".log").read()
+    assert len(evaluate._PRELOAD_SERVER) == 1
