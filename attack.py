@@ -604,12 +604,10 @@ def ringabell(sd, _, concept, targets, judge, a, original, search_cache=None):
     pairs = ring_a_bell_pairs(concept, a.shape_pairs)
     cache_path = None
     if search_cache and a.attack == "ringabell":
-        import hashlib
-        key = json.dumps([search_cache[1], [list(t) for t in targets], [list(p) for p in pairs], a.eta, a.num_tokens,
-                          a.token_pool, a.population, a.generations, a.crossover, a.mutation, a.elite, a.seed,
-                          RB_BATCH])
-        cache_path = os.path.join(search_cache[0], "ringabell_" + hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt")
-        if sdlib.all_ranks(os.path.exists(cache_path)):  # every rank takes the same branch
+        key = [search_cache[1], [list(t) for t in targets], [list(p) for p in pairs], a.eta, a.num_tokens,
+               a.token_pool, a.population, a.generations, a.crossover, a.mutation, a.elite, a.seed, RB_BATCH]
+        cache_path = sdlib.cache_path(search_cache[0], key, "ringabell_", ".pt")
+        if sdlib.cache_hit(cache_path):
             found = torch.load(cache_path, weights_only=True)
             log(f"ringabell: the search result from the cache ({cache_path}), made with "
                 f"{found['search_cost']['text_encoder_evals']} text-encoder evaluations")
@@ -637,12 +635,10 @@ def ringabell(sd, _, concept, targets, judge, a, original, search_cache=None):
         prompts = [f"[continuous: tau(P) + {a.eta:g} c fed to the UNet] {p}" for p, _ in targets]
         images = generate_from_embeddings(sd, target, seeds, a.eval_steps, a.eval_guidance)
         return prompts, images, judge(images), {"concept_vector": c, "target_embeddings": target}, info
-    if cache_path and sdlib.is_main_process():
-        os.makedirs(search_cache[0], exist_ok=True)
-        part = f"{cache_path}.{os.getpid()}.part"  # per process: benchmark cells running side by side may race
-        torch.save({"best": best.cpu(), "history": history.cpu(), "concept_vector": c.cpu(),
-                    "search_cost": search.as_dict()}, part)
-        os.replace(part, cache_path)
+    if cache_path:
+        sdlib.cache_write(cache_path, lambda f: torch.save({"best": best.cpu(), "history": history.cpu(),
+                                                            "concept_vector": c.cpu(),
+                                                            "search_cost": search.as_dict()}, f))
     return ringabell_outcome(sd, a, targets, seeds, judge, best, history, c, search.as_dict(), len(pairs))
 
 

@@ -854,9 +854,10 @@ def main(argv=None):
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
                   "base_fingerprint": base_fp,
                   "seed": a.seed, "settings": settings, "cost": timer.as_dict(),
-                  "changed": sorted(changed), "before_after_rows": ["concept: before", "concept: after",
-                                                                    "other: before", "other: after"],
-                  "before_after_prompts": before_prompts + other_prompts, **state.get("extra_json", {})}
+                  "changed": sorted(changed), **state.get("extra_json", {})}
+        if a.grid_seeds:  # what before_after.png shows; there is none with --grid-seeds 0
+            config.update(before_after_rows=["concept: before", "concept: after", "other: before", "other: after"],
+                          before_after_prompts=before_prompts + other_prompts)
         sdlib.save_run(tmp, sd, changed, config)
         with open(os.path.join(tmp, "loss.csv"), "w") as f:
             keys = list(dict.fromkeys(k for r in state["log"] for k in r))

@@ -359,6 +359,30 @@ def model_identity(sd, run_dir=None):
     return ident
 
 
+def cache_path(cache, key, prefix="", suffix=""):
+    """Where a result decided by `key` (anything JSON can write) is kept in the folder `cache`."""
+    import hashlib
+    import json
+    return os.path.join(cache, prefix + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32] + suffix)
+
+
+def cache_hit(path):
+    """Whether a process before kept the result at path; every rank gets the same answer (what follows a miss may
+    be a collective such as generate)."""
+    return all_ranks(os.path.exists(path))
+
+
+def cache_write(path, save):
+    """Keep a result at path: save(file object) writes it (np.save, torch.save); the main process only, through a
+    per-process part file, so that cells running side by side never read a half-written file."""
+    if is_main_process():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        part = f"{path}.{os.getpid()}.part"
+        with open(part, "wb") as f:
+            save(f)
+        os.replace(part, path)
+
+
 def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0, progress=True):
     """generate(prompts, seeds), read from the folder `cache` when a process before drew the same pictures with the
     same model (identity: model_identity) and sampler settings, written there otherwise; cache None: no cache.
@@ -366,19 +390,12 @@ def cached_generate(sd, cache, identity, prompts, seeds, steps=25, guidance=5.0,
     only: what decides the pictures must all be in the key, so no injected embeddings or other UNet."""
     if not cache:
         return generate(sd, prompts, seeds, steps, guidance, progress=progress)
-    import hashlib
-    import json
-    key = json.dumps([identity, list(prompts), [int(s) for s in seeds], steps, guidance])
-    path = os.path.join(cache, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
-    if all_ranks(os.path.exists(path)):  # every rank must take the same branch: generate is a collective
+    path = cache_path(cache, [identity, list(prompts), [int(s) for s in seeds], steps, guidance], suffix=".npy")
+    if cache_hit(path):
         print(f"{len(prompts)} pictures from the picture cache ({path})", flush=True)
         return np.load(path)
     images = generate(sd, prompts, seeds, steps, guidance, progress=progress)
-    if is_main_process():
-        os.makedirs(cache, exist_ok=True)
-        part = f"{path}.{os.getpid()}.part.npy"  # per process: benchmark cells running side by side may race
-        np.save(part, images)
-        os.replace(part, path)  # never a half-written file under the real name
+    cache_write(path, lambda f: np.save(f, images))
     return images
 
 

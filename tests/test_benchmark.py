@@ -36,6 +36,7 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     assert "| uce |" in report and "| base |" in report and os.path.exists(tmp_path / "out" / "robustness_vs_utility.png")
     # erased without a grid (--grid-seeds 0): the report's before/after figure comes from the evaluations' pictures
     assert not os.path.exists(tmp_path / "work" / "runs" / "uce_s0" / "before_after.png")
+    assert "before_after_prompts" not in json.load(open(tmp_path / "work" / "runs" / "uce_s0" / "config.json"))
     assert "![uce](uce_before_after.png)" in report and "before, after (the evaluation's pictures)" in report
     assert os.path.exists(tmp_path / "out" / "uce_before_after.png") and "![base]" not in report
     # every cell's wall time is recorded in its folder and the report adds them up

@@ -351,6 +351,8 @@ def test_erase_grid_reads_the_original_models_pictures_from_the_picture_cache(ti
     assert len(drawn) == 1 and len(list(cache.iterdir())) == 1  # only the 'after' pictures were drawn
     grids = [np.asarray(Image.open(tmp_path / n / "before_after.png")) for n in ("none", "first", "second")]
     assert np.array_equal(grids[0], grids[1]) and np.array_equal(grids[0], grids[2])
+    config = json.load(open(tmp_path / "second" / "config.json"))  # what the grid shows
+    assert config["before_after_prompts"] and len(config["before_after_rows"]) == 4
 
 
 def test_train_method_auto_follows_the_concept_kind():
