@@ -84,6 +84,11 @@ DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve te
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
+# where a circumvent step's x_t comes from: "pool" (our reading of the paper): a pool picture noised to a random
+# timestep; "sample": as ESD draws it, partial DDIM (--ddim-steps, --start-guidance) of the model being trained under
+# the mined embedding for the circumvent term, and, for the preserve terms, also of the original model under c0
+# (a probe for the mini world's van gogh: README, DM2)
+DM2_XT = "pool"
 DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
 #   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
@@ -422,6 +427,7 @@ def dm2(sd, concept, a, state):
     ids = sdlib.add_tokens(sd, names)
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
     c0 = sdlib.encode(sd, [DM2_ANCHOR])
+    uncond_b = sdlib.encode(sd, [""] * a.dm2_batch) if a.dm2_xt == "sample" else None
     scores = [r["verify_score"] for r in state["log"] if "verify_score" in r]
     conds = {}  # mined index -> its (c, 0*c, -c) conditionings; the text encoder is frozen, so each is encoded once
 
@@ -456,22 +462,37 @@ def dm2(sd, concept, a, state):
         for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
             use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
             j = len(mined) - 1 if use_newest else int(torch.randint(len(mined) - 1, (1,), generator=gen))
-            b = a.dm2_batch  # pool pictures per step, each at its own timestep
-            i = torch.randint(len(pool), (b,), generator=gen)
-            t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
-            noise = torch.randn(pool[i].shape, generator=gen).to(pool)
-            a_t = acp[t].view(-1, 1, 1, 1).to(pool.dtype)
-            z = a_t.sqrt() * pool[i] + (1 - a_t).sqrt() * noise
+            b = a.dm2_batch  # x_t per step
             c, zero_c, neg_c = mined_conds(j)  # the mined tokens scaled by 1, 0 and -1; then c0 (the anchor)
+            if a.dm2_xt == "pool":  # pool pictures, each noised to its own timestep
+                i = torch.randint(len(pool), (b,), generator=gen)
+                t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
+                noise = torch.randn(pool[i].shape, generator=gen).to(pool)
+                a_t = acp[t].view(-1, 1, 1, 1).to(pool.dtype)
+                z = a_t.sqrt() * pool[i] + (1 - a_t).sqrt() * noise
+                zs = [z]  # the preserve terms are taken on the same x_t
+            else:  # the first k of ddim_steps steps: the trained model under c, the original under c0
+                with torch.no_grad():
+                    k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
+                    z_T, z0_T = (torch.randn((b, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
+                                 for _ in range(2))
+                    z, t_k = sdlib.ddim(sd, sd.unet, z_T, c.repeat_interleave(b, 0), uncond_b, a.start_guidance,
+                                        a.ddim_steps, stop_at=k)
+                    z0, _ = sdlib.ddim(sd, frozen, z0_T, c0.repeat_interleave(b, 0), uncond_b, a.start_guidance,
+                                       a.ddim_steps, stop_at=k)
+                t = torch.full((b,), t_k, dtype=torch.long, device=sd.device)
+                zs = [z, z0]  # the preserve terms on both
+            n = len(zs)
             with torch.no_grad():
                 kept = torch.cat([c0, zero_c, neg_c]).repeat_interleave(b, 0)  # (3b, 77, D)
-                target = sdlib.eps(sd, frozen, z.repeat(3, 1, 1, 1), t.repeat(3), kept)  # original model
+                zk = torch.cat([x.repeat(3, 1, 1, 1) for x in zs])
+                target = sdlib.eps(sd, frozen, zk, t.repeat(3 * n), kept.repeat(n, 1, 1))  # original model
             # one call of the trained model: c (circumvent: should predict what the original does for c0), then
             # c0, 0*c and -c (preserve: should predict what the original does for each of them)
-            pred = sdlib.eps(sd, sd.unet, z.repeat(4, 1, 1, 1), t.repeat(4),
-                             torch.cat([c.repeat_interleave(b, 0), kept]))
+            pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(3 * n + 1),
+                             torch.cat([c.repeat_interleave(b, 0), kept.repeat(n, 1, 1)]))
             circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
-            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the three terms
+            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the three terms (mean over x_t)
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
             step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
         after = verify(vecs, pick)  # did circumventing work? the same check on the same embedding, now
@@ -769,6 +790,8 @@ def parse(argv=None):
     g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
     g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
     g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
+    g.add_argument("--dm2-xt", default=DM2_XT, choices=["pool", "sample"],
+                   help="circumvent x_t: noised pool pictures, or partial DDIM sampling (see DM2_XT)")
     g.add_argument("--clip-arch", default="ViT-B-32", help="real SD: open_clip model whose image encoder verifies")
     g.add_argument("--clip-weights", default=None, help="real SD: open_clip checkpoint file for that encoder")
     g.add_argument("--mini-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini"),

@@ -368,3 +368,42 @@ def test_train_method_auto_follows_the_concept_kind():
     erase.resolve_for_concept(a, data.get_concept("triangle"))
     assert (a.train_method, a.lr) == ("esd-x", 1e-3)
     assert data.get_concept("nudity", "sd").kind == "object" and data.get_concept("claude monet", "sd").kind == "style"
+
+
+def test_dm2_sample_xt_draws_from_the_trained_model_and_the_original(tiny_model, tmp_path, monkeypatch):
+    """--dm2-xt sample: each circumvent step draws x_t by partial DDIM twice, with the same number of steps: the
+    model being trained under the mined embedding, and the original model under c0; the trained model is then
+    called once on 1 + 3 + 3 conditionings per x_t picture. The default (pool) draws no partial DDIM."""
+    calls, unet_batches = [], []
+    ddim, eps = sdlib.ddim, sdlib.eps
+
+    def spy_ddim(sd, unet, z, cond, uncond=None, guidance=1.0, num_steps=50, stop_at=None):
+        if stop_at is not None:  # generate() samples through ddim too, to the end
+            calls.append((unet is sd.unet, stop_at, num_steps, guidance, cond.shape[0], uncond.shape[0]))
+        return ddim(sd, unet, z, cond, uncond, guidance, num_steps, stop_at)
+
+    def spy_eps(sd, unet, z, t, cond, *rest, **kw):
+        if unet is sd.unet and torch.is_grad_enabled():
+            unet_batches.append(z.shape[0])
+        return eps(sd, unet, z, t, cond, *rest, **kw)
+
+    monkeypatch.setattr(sdlib, "ddim", spy_ddim)
+    monkeypatch.setattr(sdlib, "eps", spy_eps)
+    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
+              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-max-loops", "1",
+              "--dm2-threshold", "-2", "--ddim-steps", "3", "--start-guidance", "2.5", "--dm2-verify-images", "2"]
+    for xt in ("sample", "pool"):
+        calls.clear(), unet_batches.clear()
+        os.makedirs(tmp_path / xt)
+        a = erase.parse([*common, "--dm2-xt", xt, "--out", str(tmp_path / xt / "run")])
+        state = {"dir": str(tmp_path / xt), "every": 1, "log": []}
+        changed = erase.dm2(sdlib.load(tiny_model, "cpu"), data.get_concept("van gogh"), a, state)
+        assert changed and len([r for r in state["log"] if "loss" in r]) == 2
+        if xt == "pool":
+            assert calls == [] and unet_batches[-2:] == [4 * 2, 4 * 2]
+            continue
+        assert len(calls) == 4 and [c[0] for c in calls] == [True, False, True, False]
+        for trained, original in (calls[:2], calls[2:]):
+            assert trained[1] == original[1] and 0 <= trained[1] < 3  # the same step k of 3
+            assert trained[2:] == original[2:] == (3, 2.5, 2, 2)
+        assert unet_batches[-2:] == [7 * 2, 7 * 2]
