@@ -447,8 +447,8 @@ def dm2(sd, concept, a, state):
         pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
         init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else concept.words
         learned = attack.textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
-                                           a.dm2_mine_steps, DM2_MINE_LR, len(pick), a.seed + loop,
-                                           desc=f"dm2 loop {loop + 1}: mine", lr_end=DM2_MINE_LR_END,
+                                           a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
+                                           desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
                                            clip=DM2_MINE_CLIP)
         vecs = torch.stack([learned[n] for n in names])  # (L, D)
         score = verify(vecs, pick)
@@ -780,6 +780,8 @@ def parse(argv=None):
     g.add_argument("--dm2-tokens", type=int, default=DM2_TOKENS, help="L")
     g.add_argument("--dm2-mine-images", type=int, default=DM2_MINE_IMAGES, help="k")
     g.add_argument("--dm2-mine-steps", type=int, default=DM2_MINE_STEPS)
+    g.add_argument("--dm2-mine-lr", type=float, default=DM2_MINE_LR, help="mining's Adam lr, decaying linearly ...")
+    g.add_argument("--dm2-mine-lr-end", type=float, default=DM2_MINE_LR_END, help="... to this")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
@@ -823,8 +825,9 @@ def parse(argv=None):
         sdlib.fail("--stereo-tokens is a STEREO setting (--method stereo)")
     if a.rece_lambda <= 0:
         sdlib.fail("--rece-lambda must be positive (it keeps the adversarial embedding's system invertible)")
-    if a.lr is not None and a.lr <= 0:
-        sdlib.fail("--lr must be positive")
+    for name in ("lr", "dm2_mine_lr", "dm2_mine_lr_end"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            sdlib.fail(f"--{name.replace('_', '-')} must be positive")
     return a
 
 

@@ -33,6 +33,10 @@ python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,stere
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/van_gogh_quick_seeds
 python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,ap,dm2 --attacks cce,unlearndiff \
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/triangle_quick_seeds
+# DM2 with its circumvent x_t drawn by partial sampling (a probe: results/benchmark/van_gogh_quick/dm2_probes)
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
+    --jobs 2 --erase-args "--dm2-xt sample" --work work/benchmark/van_gogh_quick_dm2_xt_sample \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_xt_sample
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
 # issue 6: the paper-length schedules of STEREO (the public code's step counts) and AP (1000 iterations) against the
