@@ -180,6 +180,12 @@ def run_embeddings(run_dir, method, concept_name=None, what=""):
     return cfg, emb
 
 
+def dm2_mined_of(run_dir):
+    """(config.json, {'mined.K': (L, D)}) of a finished DM2 run: the embeddings it mined, in mining order."""
+    cfg, emb = run_embeddings(run_dir, "dm2")
+    return cfg, {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
+
+
 def stereo_tokens_of(run_dir, concept, rounds):
     """The adversarial tokens {'<stereoK>': (D,)} a finished STEREO run of the same concept collected in stage 1,
     in round order; fails unless there is one per round."""

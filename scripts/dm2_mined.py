@@ -47,8 +47,7 @@ def main():
     if a.pictures < 1:
         sdlib.fail("--pictures must be at least 1")
     import erase
-    cfg, emb = erase.run_embeddings(a.run, "dm2")
-    emb = {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
+    cfg, emb = erase.dm2_mined_of(a.run)
     if not emb:
         sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
     original = sdlib.load(sdlib.base_model_of(cfg))

@@ -8,7 +8,7 @@ each of TIMESTEPS), for every run folder given (any method) and for the original
   the x_t. 0 means erasing did not move the caption's prediction, 1 that it now predicts what the plain scene does.
 - mined (DM2 runs): each mined embedding m against DM2's anchor c0 ('a photo'), the target its circumventing
   trains toward: the same ratio with m and c0 in place of p and g.
-- others: prompts of other concepts, how much their prediction moved: sum ||e'(o) - e(o)||^2 over the sum of
+- others: as many prompts of other concepts, how much their prediction moved: sum ||e'(o) - e(o)||^2 over the sum of
   ||e(g) - e(p)||^2 (the shift the captions needed): 0 means untouched.
 
 e is the original model, e' the erased one, both without guidance. Mini world or real SD alike (no judge).
@@ -29,7 +29,6 @@ import sd as sdlib  # noqa: E402
 
 TIMESTEPS = [50, 150, 300, 500, 800]  # where x_t sits (of 1000): van gogh is decided late in the mini world
 PICTURES = 12  # concept pictures (the first concept prompts, one seed each)
-OTHERS = 12  # prompts of other concepts
 SEED = 40_000  # seeds of the pictures and of the noise
 
 
@@ -59,42 +58,55 @@ def predictions(sd, unet, z, t, cond):
     return torch.cat(out).float()
 
 
-def measure(original, erased, concept, mined=None, anchor=None, timesteps=TIMESTEPS, pictures=PICTURES,
-            others=OTHERS, seed=SEED):
-    """{'captions': progress per timestep and overall, 'others': shift ratio, 'mined': [progress per embedding]}."""
+def reference(original, concept, timesteps=TIMESTEPS, pictures=PICTURES, seed=SEED):
+    """What does not depend on the erased model: the noised pictures and the original model's predictions for the
+    captions, their guides and as many other concepts' prompts (spread over the list), computed once for all runs."""
     import attack
     n = min(pictures, len(concept.prompts))
     prompts, guides = concept.prompts[:n], concept.guides[:n]
     x = sdlib.generate(original, prompts, [seed + i for i in range(n)], progress=False)
-    lat = attack.image_latents(original, x)
-    z, t = noised(original, lat, timesteps, seed)
-    k = len(timesteps)
+    z, t = noised(original, attack.image_latents(original, x), timesteps, seed)
+    ref = {"original": original, "z": z, "t": t, "n": n, "k": len(timesteps), "prompts": prompts}
+    ref["e_p"], ref["e_g"] = (predictions(original, original.unet, z, t, encoded(original, texts, ref))
+                              for texts in (prompts, guides))
+    if concept.other_prompts:
+        step = max(1, len(concept.other_prompts) // n)
+        others = [concept.other_prompts[i] for i in range(0, len(concept.other_prompts), step)]
+        ref["others"] = (others * n)[:n]
+        ref["e_o"] = predictions(original, original.unet, z, t, encoded(original, ref["others"], ref))
+    return ref
 
-    def enc(model, texts, inject=None):  # each model through its own text encoder (AdvUnlearn trains it)
-        return sdlib.encode(model, texts, inject).repeat(k, 1, 1)
 
-    def both(texts, inject=None):  # (e, e') of the original and the erased model for texts
-        return (predictions(original, original.unet, z, t, enc(original, texts, inject)),
-                predictions(erased, erased.unet, z, t, enc(erased, texts, inject)))
-    (e_p, e2_p), e_g = both(prompts), predictions(original, original.unet, z, t, enc(original, guides))
+def encoded(model, texts, ref, inject=None):
+    """texts through the model's own text encoder (AdvUnlearn trains it), once per timestep of ref's x_t."""
+    return sdlib.encode(model, texts, inject).repeat(ref["k"], 1, 1)
+
+
+def measure(original, erased, concept, mined=None, anchor=None, ref=None, **reference_kw):
+    """{'captions': progress overall, 'captions_by_t': per timestep, 'others': shift ratio, 'mined': [progress
+    per embedding]}. ref: reference(original, concept, ...) if already computed (else made here)."""
+    ref = ref or reference(original, concept, **reference_kw)
+    z, t, n, k = ref["z"], ref["t"], ref["n"], ref["k"]
+    e_p, e_g = ref["e_p"], ref["e_g"]
+
+    def moved(texts, inject=None):  # e' of the erased model for texts
+        return predictions(erased, erased.unet, z, t, encoded(erased, texts, ref, inject))
+    e2_p = moved(ref["prompts"])
     per_t = [progress(e2_p[i * n:(i + 1) * n], e_p[i * n:(i + 1) * n], e_g[i * n:(i + 1) * n]) for i in range(k)]
     res = {"captions": progress(e2_p, e_p, e_g), "captions_by_t": per_t}
-    if concept.other_prompts:  # other concepts' prompts, spread over the list, n of them
-        step = max(1, len(concept.other_prompts) // others)
-        o = [concept.other_prompts[i] for i in range(0, len(concept.other_prompts), step)]
-        o = (o * n)[:n]
-        e_o, e2_o = both(o)
-        res["others"] = float(((e2_o - e_o) ** 2).sum() / ((e_g - e_p) ** 2).sum())
+    if "others" in ref:
+        res["others"] = float(((moved(ref["others"]) - ref["e_o"]) ** 2).sum() / ((e_g - e_p) ** 2).sum())
     if mined:
         names = [f"<dm{i}>" for i in range(mined[0].shape[0])]
         ids = sdlib.add_tokens(original, names)
         if sdlib.add_tokens(erased, names) != ids:
             raise ValueError("the two models' tokenizers gave the mined tokens different ids")
-        e_0 = predictions(original, original.unet, z, t, enc(original, [anchor] * n))
+        e_0 = predictions(original, original.unet, z, t, encoded(original, [anchor] * n, ref))
         res["mined"] = []
         for vecs in mined:
-            e_m, e2_m = both([" ".join(names)] * n, dict(zip(ids, vecs)))
-            res["mined"].append(progress(e2_m, e_m, e_0))
+            inject = dict(zip(ids, vecs))
+            e_m = predictions(original, original.unet, z, t, encoded(original, [" ".join(names)] * n, ref, inject))
+            res["mined"].append(progress(moved([" ".join(names)] * n, inject), e_m, e_0))
     return res
 
 
@@ -120,13 +132,11 @@ def main():
     concept = data.get_concept(cfgs[0]["concept"], data.world_of(original.image_size))
     import erase
     from tqdm.auto import tqdm
+    ref = reference(original, concept)
     rows = []
     for run, cfg, label in tqdm(list(zip(a.runs, cfgs, labels)), desc="runs"):
-        mined = None
-        if cfg["method"] == "dm2":
-            _, emb = erase.run_embeddings(run, "dm2")
-            mined = [emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))]
-        r = measure(original, sdlib.load(weights=run), concept, mined, erase.DM2_ANCHOR)
+        mined = list(erase.dm2_mined_of(run)[1].values()) if cfg["method"] == "dm2" else None
+        r = measure(original, sdlib.load(weights=run), concept, mined, erase.DM2_ANCHOR, ref)
         rows.append((label, cfg, r))
     ts = ", ".join(f"t={t}" for t in TIMESTEPS)
     lines = [f"# How far erasing moved each conditioning's prediction: {concept.name!r}", "",

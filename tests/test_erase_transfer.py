@@ -27,7 +27,7 @@ def test_unchanged_model_moves_nothing_and_a_real_edit_does(tiny_model, tmp_path
     import sd as sdlib
     original = sdlib.load(tiny_model, "cpu")
     concept = data.get_concept("van gogh", data.world_of(original.image_size))
-    kw = dict(timesteps=[100, 700], pictures=2, others=2)
+    kw = dict(timesteps=[100, 700], pictures=2)
     mined = [torch.randn(3, original.text_encoder.config.hidden_size) * 0.1]
     same = erase_transfer.measure(original, sdlib.load(tiny_model, "cpu"), concept, mined, "a photo", **kw)
     assert same["captions"] == 0 and same["others"] == 0 and same["mined"] == [0.0]
