@@ -156,8 +156,7 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         t = torch.randint(0, len(acp), (batch,), generator=gen).to(sd.device)
-        a = acp[t].view(-1, 1, 1, 1).to(z0.dtype)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # forward diffusion q(z_t | z_0)
+        zt = sdlib.add_noise(sd, z0, noise, t)
         cond = sdlib.encode(sd, [templates[i].format(placeholder) for i in idx.tolist()],
                             inject={i: v for i, v in zip(ids, vecs)})
         loss = losses.denoising_loss(sdlib.eps(sd, sd.unet, zt, t, cond), noise)
@@ -208,7 +207,6 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
     prompts = [" ".join(names) + " " + p for p, _ in targets]
     z0_all = image_latents(sd, target_images)
     noise_all = torch.stack([torch.randn(z0_all.shape[1:], generator=g) for g in gens]).to(z0_all)  # fixed per target
-    acp = sd.scheduler.alphas_cumprod.to(sd.device)
     done = np.zeros(n, bool)
     # each target's latest judged picture and verdict: a target stops changing once it succeeds, and the last check
     # judges every target still active, so these are the final prompts' pictures (none is drawn twice)
@@ -226,8 +224,7 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
         if not len(active):
             break
         act = torch.from_numpy(active).to(sd.device)
-        a_t = acp[t].to(z0_all.dtype)
-        zt = a_t.sqrt() * z0_all[act] + (1 - a_t).sqrt() * noise_all[act]
+        zt = sdlib.add_noise(sd, z0_all[act], noise_all[act], t)
         for _ in range(a.iters_per_t):
             hard = losses.straight_through_one_hot(probs[act])  # (m, k, V), one-hot forward
             emb = hard @ table.to(hard.dtype)  # (m, k, D)
@@ -474,8 +471,7 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
         z0 = z0_all[act]
         t = torch.stack([torch.randint(0, len(acp), (), generator=gens[i]) for i in active]).to(sd.device)
         noise = torch.stack([torch.randn(z0.shape[1:], generator=gens[i]) for i in active]).to(z0)
-        a_t = acp[t].view(-1, 1, 1, 1).to(z0.dtype)
-        zt = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise  # forward diffusion q(z_t | z_0)
+        zt = sdlib.add_noise(sd, z0, noise, t)
         with torch.no_grad():
             e_orig = original_eps(sd, original, zt, t, cond_orig[act])
 

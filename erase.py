@@ -474,8 +474,7 @@ def dm2(sd, concept, a, state):
                 i = torch.randint(len(pool), (b,), generator=gen)
                 t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
                 noise = torch.randn(pool[i].shape, generator=gen).to(pool)
-                a_t = acp[t].view(-1, 1, 1, 1).to(pool.dtype)
-                z = a_t.sqrt() * pool[i] + (1 - a_t).sqrt() * noise
+                z = sdlib.add_noise(sd, pool[i], noise, t)
                 zs = [z]  # the preserve terms are taken on the same x_t
             else:  # the first k of ddim_steps steps: the trained model under c, the original under c0
                 with torch.no_grad():

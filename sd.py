@@ -268,6 +268,15 @@ def ddim_timesteps(sd, num_steps):
     return sd.scheduler.timesteps.to(sd.device)  # descending, e.g. 981, 961, ..., 1 for 50 steps
 
 
+def add_noise(sd, z0, noise, t):
+    """Forward diffusion q(z_t | z_0): sqrt(a_t) z0 + sqrt(1 - a_t) noise, a_t = alphas_cumprod[t]; t is one timestep
+    for all rows or a tensor of one per row."""
+    a_t = sd.scheduler.alphas_cumprod.to(z0.device)[t].to(z0.dtype)
+    if a_t.dim():
+        a_t = a_t.view(-1, *[1] * (z0.dim() - 1))
+    return a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise
+
+
 def ddim_step(sd, z, e, t, t_prev):
     """Deterministic DDIM (eta = 0): x0 = (z - sqrt(1-a_t) e) / sqrt(a_t); z_prev = sqrt(a_prev) x0 + sqrt(1-a_prev) e."""
     acp = sd.scheduler.alphas_cumprod.to(z.device)

@@ -44,6 +44,15 @@ def test_ddim_step_matches_scheduler(tiny_sd):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_add_noise_matches_scheduler(tiny_sd):
+    gen = torch.Generator().manual_seed(1)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 421, 999])  # one timestep per row
+    torch.testing.assert_close(sdlib.add_noise(tiny_sd, z0, noise, t), tiny_sd.scheduler.add_noise(z0, noise, t))
+    one = sdlib.add_noise(tiny_sd, z0, noise, np.int64(421))  # one timestep for all rows (UnlearnDiff's sweep)
+    torch.testing.assert_close(one, tiny_sd.scheduler.add_noise(z0, noise, torch.full((3,), 421)))
+
+
 @pytest.mark.parametrize("stop_at", [0, 3, 10])
 def test_ddim_to_step_matches_scheduler_loop(tiny_sd, stop_at):
     cond = sdlib.encode(tiny_sd, ["a red circle"])
