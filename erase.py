@@ -13,6 +13,7 @@ command takes --weights RUN (with --model BASE, or the base the run names). --ex
 import argparse
 import copy
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -256,6 +257,7 @@ def stereo(sd, concept, a, state):
         ck = {"tokens": tokens, "rounds_done": r + 1, "params": {n: p.detach() for n, p in params.items()}}
         torch.save(ck, rounds_path + ".part")
         os.replace(rounds_path + ".part", rounds_path)
+        record_cost(state)
     # stage 2: from the original weights, the concept and all adversarial tokens at once
     opt = torch.optim.Adam(params.values(), lr=a.lr)
     start = load_checkpoint(state, sd.unet, opt)
@@ -508,6 +510,7 @@ def dm2(sd, concept, a, state):
               "log": state["log"]}
         torch.save(ck, loops_path + ".part")
         os.replace(loops_path + ".part", loops_path)
+        record_cost(state)
     changed = {f"lora.unet.{k}": v.clone() for k, v in lora.lora_state_dict(wrapped).items()}
     scaling = next(iter(wrapped.values())).scaling
     lora.merge_all(wrapped)  # fold the update into the weights and put the plain layers back
@@ -702,6 +705,36 @@ def save_checkpoint(state, step, module, opt, force=False):
           "extra": {k: v.detach().clone() for k, v in state.get("resume_tensors", {}).items()}}
     torch.save(ck, path + ".part")
     os.replace(path + ".part", path)
+    record_cost(state)
+
+
+COST_FILE = "cost_so_far.json"  # in the run's .tmp folder: the cost up to the last checkpoint
+
+
+def record_cost(state):
+    """After each checkpoint: write the run's cost up to it (this process's, plus what the processes before it spent
+    when the run was resumed), so that a resumed run reports the whole run's cost, not its last process's."""
+    timer = state.get("timer")
+    if timer is None:  # a method called without main() (the tests)
+        return
+    before, counts = state["cost_before"], timer.sd.counts
+    cost = {"seconds": round(before["seconds"] + time.time() - timer.t0, 2),
+            "unet_evals": before["unet_evals"] + counts["unet"] - timer.c0["unet"],
+            "text_encoder_evals": before["text_encoder_evals"] + counts["text_encoder"] - timer.c0["text_encoder"]}
+    path = os.path.join(state["dir"], COST_FILE)
+    with open(path + ".part", "w") as f:
+        json.dump(cost, f)
+    os.replace(path + ".part", path)
+
+
+def whole_cost(this_process, before):
+    """A run's cost: this process's plus its stopped predecessors' up to their last checkpoint (what a resumed process
+    redoes on start, such as drawing DM2's pool again, is counted again: it was spent)."""
+    if not before["unet_evals"] and not before["seconds"]:
+        return this_process
+    cost = {k: round(this_process[k] + before[k], 2) if k == "seconds" else this_process[k] + before[k]
+            for k in ("seconds", "unet_evals", "text_encoder_evals")}
+    return {**cost, "resumed_after": before}
 
 
 class NaNLoss(RuntimeError):
@@ -870,9 +903,13 @@ def main(argv=None):
         if grid_prompts:
             before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
                                            progress=False)
-        state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": []}
+        cost_path = os.path.join(tmp, COST_FILE)  # there after a checkpoint of an earlier, stopped process
+        cost_before = (json.load(open(cost_path)) if os.path.exists(cost_path)
+                       else {"seconds": 0.0, "unet_evals": 0, "text_encoder_evals": 0})
+        state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": [], "cost_before": cost_before}
         try:
             with sdlib.Timer(sd) as timer:
+                state["timer"] = timer
                 changed = METHOD_FNS[a.method](sd, concept, a, state)
         except NaNLoss as e:
             sdlib.fail(str(e), code=3)
@@ -884,7 +921,7 @@ def main(argv=None):
         settings = {k: v for k, v in vars(a).items()}
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
                   "base_fingerprint": base_fp,
-                  "seed": a.seed, "settings": settings, "cost": timer.as_dict(),
+                  "seed": a.seed, "settings": settings, "cost": whole_cost(timer.as_dict(), cost_before),
                   "changed": sorted(changed), **state.get("extra_json", {})}
         if a.grid_seeds:  # what before_after.png shows; there is none with --grid-seeds 0
             config.update(before_after_rows=["concept: before", "concept: after", "other: before", "other: after"],
@@ -898,7 +935,7 @@ def main(argv=None):
             from safetensors.torch import save_file
             save_file({k: v.float().contiguous() for k, v in state["extra_tensors"].items()},
                       os.path.join(tmp, "embeddings.safetensors"))
-        for ck in ("checkpoint.pt", "stereo_rounds.pt", "dm2_loops.pt"):
+        for ck in ("checkpoint.pt", "stereo_rounds.pt", "dm2_loops.pt", COST_FILE):
             if os.path.exists(os.path.join(tmp, ck)):
                 os.remove(os.path.join(tmp, ck))
     if a.export:

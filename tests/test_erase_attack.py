@@ -334,6 +334,35 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     assert moved > 0
 
 
+def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypatch):
+    """A run stopped during DM2's second loop and resumed reports the cost of both processes: the start (drawing
+    the pool) and loop 1 up to its checkpoint, then the start again and loop 2. Every loop costs the same UNet
+    evaluations, so that is exactly twice a one-loop run's, more than an uninterrupted two-loop run's."""
+    import attack
+    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "2",
+              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "1", "--dm2-threshold", "-2",
+              "--dm2-verify-images", "1", "--ddim-steps", "2", "--grid-seeds", "0"]
+    def evals(name, loops, *extra):
+        erase.main([*common, "--dm2-max-loops", str(loops), "--out", str(tmp_path / name), *extra])
+        return json.load(open(tmp_path / name / "config.json"))["cost"]
+    full, one = evals("full", 2)["unet_evals"], evals("one", 1)["unet_evals"]
+    invert, calls = attack.textual_inversion, []
+    def stop_in_loop_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process stops during loop 2's mining, after loop 1's checkpoint
+        return invert(*args, **kw)
+    monkeypatch.setattr(attack, "textual_inversion", stop_in_loop_2)
+    with pytest.raises(KeyboardInterrupt):
+        evals("resumed", 2)
+    assert os.path.exists(tmp_path / "resumed.tmp" / erase.COST_FILE)
+    monkeypatch.setattr(attack, "textual_inversion", invert)
+    cost = evals("resumed", 2, "--resume")
+    assert cost["unet_evals"] == 2 * one > full and cost["resumed_after"]["unet_evals"] == one
+    assert cost["seconds"] >= cost["resumed_after"]["seconds"] > 0
+    assert not os.path.exists(tmp_path / "resumed" / erase.COST_FILE)  # the run folder keeps no checkpoint files
+
+
 def test_erase_grid_reads_the_original_models_pictures_from_the_picture_cache(tiny_model, tmp_path, monkeypatch):
     """--picture-cache: the 'before' half of before_after.png is drawn once and reused by the next run (the
     benchmark's erase cells share it); the grid equals one drawn without a cache."""
