@@ -76,11 +76,16 @@ DM2_MINE_STEPS = 100
 DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
 DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
 DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
-DM2_CIRCUMVENT_STEPS = 200  # LoRA steps per loop: 50 left the newest mined embeddings drawing van gogh; 200 took
-#   loop 1's from s(c) 0.79 to 0.15 (scored to the pool's mean direction, the verify score before the paper's)
-DM2_BATCH = 1  # pool pictures per circumvent step
-DM2_LR = 1e-2  # LoRA learning rate. At 1e-3 circumventing hardly moved the model (the circumvent loss is ~0.004 in
-#   epsilon space): 3 loops x 100 steps left the van gogh rate at 1.00, with 1e-2 0.60 (+ concept init: 0.13)
+# The circumvent schedule: 300 LoRA steps per loop, 4 pool pictures a step, lr 3e-3. Until 2026-12-01 it was 200 steps
+#   (quick profile: 100) of 1 picture at lr 1e-2, which erased the mini world's van gogh on 1 seed of 3 (rates 0.13,
+#   0.83, 1.00): on the failing seeds circumventing got its own mined embeddings only 0.34-0.52 of the way to c0's
+#   prediction (scripts/erase_transfer.py). This one finishes (0.81-0.96) and erases on 3 of 3 (rate 0.09), and on
+#   the triangle it lowers the attacks' ASR (README, DM2). The old one: --dm2-circumvent-steps 200 --dm2-batch 1
+#   --dm2-lr 0.01 (the laptop profile keeps it, at 100 steps). Below 1e-2, at batch 1, circumventing hardly moved
+#   the model (1e-3: 3 loops x 100 steps left van gogh at 1.00)
+DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop
+DM2_BATCH = 4  # pool pictures per circumvent step
+DM2_LR = 3e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10

@@ -37,13 +37,20 @@ python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,
 python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
     --jobs 2 --erase-args "--dm2-xt sample" --work work/benchmark/van_gogh_quick_dm2_xt_sample \
     --out results/benchmark/van_gogh_quick_seeds/dm2_xt_sample
-# DM2 with a circumvent schedule that finishes (batch 4, 300 steps, lr 3e-3), and with mining at CCE's lr (seed 0)
+# DM2 at the circumvent schedule that finishes (batch 4, 300 steps, lr 3e-3; the default since 2026-12-01, the
+# --erase-args say it for the cells made before), with mining at CCE's lr, and with ten loops (seed 0)
 python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
     --jobs 2 --erase-args "--dm2-batch 4 --dm2-circumvent-steps 300 --dm2-lr 3e-3" \
     --work work/benchmark/van_gogh_quick_dm2_b4 --out results/benchmark/van_gogh_quick_seeds/dm2_b4_s300_lr3e-3
-python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
     --jobs 2 --erase-args "--dm2-batch 4 --dm2-circumvent-steps 300 --dm2-lr 3e-3 --dm2-mine-lr 0.005 --dm2-mine-lr-end 0.0005" \
     --work work/benchmark/van_gogh_quick_dm2_b4_minelr --out results/benchmark/van_gogh_quick_seeds/dm2_b4_minelr0.005
+python evaluate.py benchmark --concept triangle --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
+    --jobs 2 --erase-args "--dm2-batch 4 --dm2-circumvent-steps 300 --dm2-lr 3e-3" \
+    --work work/benchmark/triangle_quick_dm2_b4 --out results/benchmark/triangle_quick_seeds/dm2_b4_s300_lr3e-3
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
+    --erase-args "--dm2-max-loops 10" --work work/benchmark/van_gogh_quick_dm2_b4_loops10 \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_b4_loops10
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
 # issue 6: the paper-length schedules of STEREO (the public code's step counts) and AP (1000 iterations) against the
