@@ -69,6 +69,10 @@ AP_TEMPERATURE = 2.0  # hard Gumbel-softmax temperature
 AP_ADV_LR = 0.05  # adversary's step size on the logits pi
 # DM2, Dark Miner (Meng et al. 2024): loops of mining, verifying and circumventing, LoRA on value projections
 DM2_RANK = 8  # LoRA rank on every attention value projection (attn1.to_v, attn2.to_v)
+# which projections get the LoRA: "values" (the paper: every attention value projection) or, a probe for the mini
+# world's van gogh, "values+cross-keys" (also the cross-attention keys, attn2.to_k, which ESD-x trains with the values)
+DM2_LORA_ON = {"values": ("attn1.to_v", "attn2.to_v"), "values+cross-keys": ("attn1.to_v", "attn2.to_v", "attn2.to_k")}
+DM2_LORA_DEFAULT = "values"
 DM2_POOL = 30  # pictures of the concept from the original model
 DM2_TOKENS = 16  # L: tokens of each mined embedding
 DM2_MINE_IMAGES = 3  # k: pool pictures each mining inverts
@@ -410,9 +414,9 @@ def dm2(sd, concept, a, state):
     import lora
     frozen = copy.deepcopy(sd.unet).requires_grad_(False)
     sd.unet.requires_grad_(False)
-    wrapped = lora.inject(sd.unet, lambda n: n.endswith(("attn1.to_v", "attn2.to_v")), r=a.dm2_rank)
+    wrapped = lora.inject(sd.unet, lambda n: n.endswith(DM2_LORA_ON[a.dm2_lora_on]), r=a.dm2_rank)
     lora_params = [p for layer in wrapped.values() for p in (layer.lora_A, layer.lora_B)]
-    print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
+    print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} projections ({a.dm2_lora_on}), "
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
     pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
@@ -819,6 +823,8 @@ def parse(argv=None):
     g.add_argument("--ap-adv-lr", type=float, default=AP_ADV_LR)
     g = p.add_argument_group("DM2")
     g.add_argument("--dm2-rank", type=int, default=DM2_RANK)
+    g.add_argument("--dm2-lora-on", default=DM2_LORA_DEFAULT, choices=sorted(DM2_LORA_ON),
+                   help="projections that get the LoRA (see DM2_LORA_ON)")
     g.add_argument("--dm2-pool", type=int, default=DM2_POOL)
     g.add_argument("--dm2-tokens", type=int, default=DM2_TOKENS, help="L")
     g.add_argument("--dm2-mine-images", type=int, default=DM2_MINE_IMAGES, help="k")

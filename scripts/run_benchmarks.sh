@@ -51,6 +51,9 @@ python evaluate.py benchmark --concept triangle --methods dm2 --attacks cce,unle
 python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
     --erase-args "--dm2-max-loops 10" --work work/benchmark/van_gogh_quick_dm2_b4_loops10 \
     --out results/benchmark/van_gogh_quick_seeds/dm2_b4_loops10
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
+    --erase-args "--dm2-lora-on values+cross-keys" --work work/benchmark/van_gogh_quick_dm2_cross_keys \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_cross_keys
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
 # issue 6: the paper-length schedules of STEREO (the public code's step counts) and AP (1000 iterations) against the

@@ -334,6 +334,26 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     assert moved > 0
 
 
+def test_dm2_lora_on_cross_keys_too(tiny_model, tmp_path):
+    """--dm2-lora-on values+cross-keys: the LoRA also trains attn2.to_k, and the run folder loads with those merged."""
+    out = tmp_path / "run"
+    r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "2",
+            "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "1", "--dm2-max-loops", "1",
+            "--dm2-threshold", "-2", "--dm2-lr", "0.05", "--dm2-lora-on", "values+cross-keys", "--out", str(out),
+            "--grid-seeds", "0")
+    assert r.returncode == 0, r.stderr
+    keys = list(load_file(str(out / "weights.safetensors")))
+    assert keys and all(k.startswith("lora.unet.") for k in keys)
+    assert {p for p in ("attn1.to_v.", "attn2.to_v.", "attn2.to_k.", "attn1.to_k.") if any(p in k for k in keys)} \
+        == {"attn1.to_v.", "attn2.to_v.", "attn2.to_k."}
+    applied, base = sdlib.load(weights=str(out)), sdlib.load(tiny_model)
+    moved = {n.rsplit(".", 3)[-3] + "." + n.rsplit(".", 2)[-2]
+             for (n, p), b in zip(applied.unet.named_parameters(), base.unet.parameters()) if not torch.equal(p, b)}
+    assert moved == {"attn1.to_v", "attn2.to_v", "attn2.to_k"}, moved
+    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-lora-on", "everything", "--out", "x")
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
 def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypatch):
     """A run stopped during DM2's second loop and resumed reports the cost of both processes: the start (drawing
     the pool) and loop 1 up to its checkpoint, then the start again and loop 2. Every loop costs the same UNet
