@@ -726,24 +726,22 @@ def record_cost(state):
     timer = state.get("timer")
     if timer is None:  # a method called without main() (the tests)
         return
-    before, counts = state["cost_before"], timer.sd.counts
-    cost = {"seconds": round(before["seconds"] + time.time() - timer.t0, 2),
-            "unet_evals": before["unet_evals"] + counts["unet"] - timer.c0["unet"],
-            "text_encoder_evals": before["text_encoder_evals"] + counts["text_encoder"] - timer.c0["text_encoder"]}
+    seconds, unet, text = timer.so_far()
+    cost = add_costs({"seconds": seconds, "unet_evals": unet, "text_encoder_evals": text}, state["cost_before"])
     path = os.path.join(state["dir"], COST_FILE)
     with open(path + ".part", "w") as f:
         json.dump(cost, f)
     os.replace(path + ".part", path)
 
 
-def whole_cost(this_process, before):
-    """A run's cost: this process's plus its stopped predecessors' up to their last checkpoint (what a resumed process
-    redoes on start, such as drawing DM2's pool again, is counted again: it was spent)."""
-    if not before["unet_evals"] and not before["seconds"]:
-        return this_process
-    cost = {k: round(this_process[k] + before[k], 2) if k == "seconds" else this_process[k] + before[k]
-            for k in ("seconds", "unet_evals", "text_encoder_evals")}
-    return {**cost, "resumed_after": before}
+def add_costs(cost, before):
+    """cost plus before (the cost of a resumed run's stopped processes up to their last checkpoint; None if the run
+    was not resumed). What a resumed process redoes on start, such as drawing DM2's pool again, is counted again:
+    it was spent."""
+    if before is None:
+        return cost
+    return {"seconds": round(cost["seconds"] + before["seconds"], 2), "unet_evals": cost["unet_evals"] +
+            before["unet_evals"], "text_encoder_evals": cost["text_encoder_evals"] + before["text_encoder_evals"]}
 
 
 class NaNLoss(RuntimeError):
@@ -915,8 +913,7 @@ def main(argv=None):
             before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
                                            progress=False)
         cost_path = os.path.join(tmp, COST_FILE)  # there after a checkpoint of an earlier, stopped process
-        cost_before = (json.load(open(cost_path)) if os.path.exists(cost_path)
-                       else {"seconds": 0.0, "unet_evals": 0, "text_encoder_evals": 0})
+        cost_before = json.load(open(cost_path)) if os.path.exists(cost_path) else None
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": [], "cost_before": cost_before}
         try:
             with sdlib.Timer(sd) as timer:
@@ -932,8 +929,10 @@ def main(argv=None):
         settings = {k: v for k, v in vars(a).items()}
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
                   "base_fingerprint": base_fp,
-                  "seed": a.seed, "settings": settings, "cost": whole_cost(timer.as_dict(), cost_before),
+                  "seed": a.seed, "settings": settings, "cost": add_costs(timer.as_dict(), cost_before),
                   "changed": sorted(changed), **state.get("extra_json", {})}
+        if cost_before:
+            config["cost"]["resumed_after"] = cost_before
         if a.grid_seeds:  # what before_after.png shows; there is none with --grid-seeds 0
             config.update(before_after_rows=["concept: before", "concept: after", "other: before", "other: after"],
                           before_after_prompts=before_prompts + other_prompts)

@@ -524,9 +524,12 @@ class Timer:
         return self
 
     def __exit__(self, *exc):
-        self.seconds = time.time() - self.t0
-        self.unet_evals = self.sd.counts["unet"] - self.c0["unet"]
-        self.text_evals = self.sd.counts["text_encoder"] - self.c0["text_encoder"]
+        self.seconds, self.unet_evals, self.text_evals = self.so_far()
+
+    def so_far(self):
+        """(seconds, UNet evaluations, text-encoder evaluations) since the block began, this process only."""
+        return (time.time() - self.t0, self.sd.counts["unet"] - self.c0["unet"],
+                self.sd.counts["text_encoder"] - self.c0["text_encoder"])
 
     def as_dict(self):
         """Under torchrun: evaluations summed over ranks, seconds of the slowest rank (every rank must call it)."""
