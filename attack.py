@@ -87,7 +87,9 @@ def tqdm(it, **kw):
 class Checkpoint:
     """One attack loop's state, written atomically into the output's .tmp folder every --checkpoint-every steps and
     read back with --resume: a stopped attack continues where it stopped and ends with the same results as one that
-    never stopped. One file per loop and torchrun rank; a checkpoint made with other settings is refused."""
+    never stopped. One file per loop and torchrun rank; a checkpoint made with other settings is refused. Each
+    save also writes the rank's cost so far (cost_path), so that a resumed attack reports the whole run's cost."""
+    running = None  # (Timer, cost before this process) while main() attacks; None when a loop runs without main()
 
     def __init__(self, a, name):
         rank, world = sdlib.rank_world()
@@ -117,6 +119,14 @@ class Checkpoint:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         torch.save({"step": step, "settings": self.settings, **make_state()}, self.path + ".part")
         os.replace(self.path + ".part", self.path)  # a kill while saving leaves the previous checkpoint intact
+        if Checkpoint.running is not None:
+            sdlib.write_cost(cost_path(os.path.dirname(self.path)), *Checkpoint.running)
+
+
+def cost_path(state_dir):
+    """This rank's cost up to its last checkpoint, in the attack's state folder (removed with the checkpoints)."""
+    rank, world = sdlib.rank_world()
+    return os.path.join(state_dir, f"state_cost_rank{rank}of{world}.json")
 
 
 def image_latents(sd, images):
@@ -854,24 +864,29 @@ def main(argv=None):
                                       [p for p, _ in targets], [s for _, s in targets], a.eval_steps, a.eval_guidance)
         pre = np.asarray(judge(plain), bool)
         attacked = np.ones(len(targets), bool)  # CCE and Ring-A-Bell attack every target
+        cost_before = sdlib.read_cost(cost_path(a.state_dir)) if a.resume else None
         with sdlib.Timer(sd) as timer:
-            if pre.all() and not a.attack_all_targets:  # the ASR is 1 whatever the attack finds: nothing to do
-                log(f"{a.attack}: every target's plain picture already shows the concept; nothing to attack")
-                adv_prompts, images, hit, learned, info = [p for p, _ in targets], plain.copy(), pre.copy(), {}, {}
-                attacked = np.zeros(len(targets), bool)
-            elif a.attack == "cce":  # one learned token for every target: only its pictures are shared out
-                adv_prompts, images, hit, learned = cce(sd, reference, concept, targets, judge, a)
-                info = {}
-            elif a.attack == "unlearndiff":
-                adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
-                    lambda *x: (*unlearndiff(*x), {}), sd, reference, concept, targets, judge, a, pre, plain)
-            elif a.attack in PER_TARGET:
-                adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
-                    p4d, sd, reference, concept, targets, judge, a, pre, plain, original)
-            else:  # Ring-A-Bell's search runs on every rank (text encoder only); its pictures are shared out
-                adv_prompts, images, hit, learned, info = ringabell(
-                    sd, reference, concept, targets, judge, a, original,
-                    search_cache=(a.picture_cache, base_id) if a.picture_cache else None)
+            Checkpoint.running = (timer, cost_before)
+            try:
+                if pre.all() and not a.attack_all_targets:  # the ASR is 1 whatever the attack finds: nothing to do
+                    log(f"{a.attack}: every target's plain picture already shows the concept; nothing to attack")
+                    adv_prompts, images, hit, learned, info = [p for p, _ in targets], plain.copy(), pre.copy(), {}, {}
+                    attacked = np.zeros(len(targets), bool)
+                elif a.attack == "cce":  # one learned token for every target: only its pictures are shared out
+                    adv_prompts, images, hit, learned = cce(sd, reference, concept, targets, judge, a)
+                    info = {}
+                elif a.attack == "unlearndiff":
+                    adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
+                        lambda *x: (*unlearndiff(*x), {}), sd, reference, concept, targets, judge, a, pre, plain)
+                elif a.attack in PER_TARGET:
+                    adv_prompts, images, hit, learned, info, attacked = attack_unbroken(
+                        p4d, sd, reference, concept, targets, judge, a, pre, plain, original)
+                else:  # Ring-A-Bell's search runs on every rank (text encoder only); its pictures are shared out
+                    adv_prompts, images, hit, learned, info = ringabell(
+                        sd, reference, concept, targets, judge, a, original,
+                        search_cache=(a.picture_cache, base_id) if a.picture_cache else None)
+            finally:
+                Checkpoint.running = None
         success = hit | pre
         rates = success_rates(pre, hit)
         rows = [{"target_prompt": p, "evaluation_seed": s, "adversarial_prompt": ap, "pre_attack_success": int(b),
@@ -884,8 +899,10 @@ def main(argv=None):
         data.save_png(data.image_grid(np.concatenate([plain, images]), len(images)), os.path.join(tmp, "grid.png"))
         metrics = {"attack": a.attack, "concept": concept.name, "weights": a.weights, "n_targets": len(targets),
                    "n_attacked": int(attacked.sum()), **rates, "judge": judge.describe(),
-                   "cost": timer.as_dict(), "reference_cost": ref_timer.as_dict(), **info,
+                   "cost": timer.as_dict(cost_before), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}
+        if cost_before:
+            metrics["cost"]["resumed_after"] = cost_before
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
         for f in os.listdir(a.state_dir) if os.path.isdir(a.state_dir) else []:  # done: the checkpoints go
             if f.startswith("state_"):

@@ -723,25 +723,8 @@ COST_FILE = "cost_so_far.json"  # in the run's .tmp folder: the cost up to the l
 def record_cost(state):
     """After each checkpoint: write the run's cost up to it (this process's, plus what the processes before it spent
     when the run was resumed), so that a resumed run reports the whole run's cost, not its last process's."""
-    timer = state.get("timer")
-    if timer is None:  # a method called without main() (the tests)
-        return
-    seconds, unet, text = timer.so_far()
-    cost = add_costs({"seconds": seconds, "unet_evals": unet, "text_encoder_evals": text}, state["cost_before"])
-    path = os.path.join(state["dir"], COST_FILE)
-    with open(path + ".part", "w") as f:
-        json.dump(cost, f)
-    os.replace(path + ".part", path)
-
-
-def add_costs(cost, before):
-    """cost plus before (the cost of a resumed run's stopped processes up to their last checkpoint; None if the run
-    was not resumed). What a resumed process redoes on start, such as drawing DM2's pool again, is counted again:
-    it was spent."""
-    if before is None:
-        return cost
-    return {"seconds": round(cost["seconds"] + before["seconds"], 2), "unet_evals": cost["unet_evals"] +
-            before["unet_evals"], "text_encoder_evals": cost["text_encoder_evals"] + before["text_encoder_evals"]}
+    if state.get("timer") is not None:  # None: a method called without main() (the tests)
+        sdlib.write_cost(os.path.join(state["dir"], COST_FILE), state["timer"], state["cost_before"])
 
 
 class NaNLoss(RuntimeError):
@@ -913,7 +896,7 @@ def main(argv=None):
             before = sdlib.cached_generate(sd, a.picture_cache, sdlib.model_identity(sd), grid_prompts, grid_seeds,
                                            progress=False)
         cost_path = os.path.join(tmp, COST_FILE)  # there after a checkpoint of an earlier, stopped process
-        cost_before = json.load(open(cost_path)) if os.path.exists(cost_path) else None
+        cost_before = sdlib.read_cost(cost_path)
         state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": [], "cost_before": cost_before}
         try:
             with sdlib.Timer(sd) as timer:
@@ -929,7 +912,7 @@ def main(argv=None):
         settings = {k: v for k, v in vars(a).items()}
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
                   "base_fingerprint": base_fp,
-                  "seed": a.seed, "settings": settings, "cost": add_costs(timer.as_dict(), cost_before),
+                  "seed": a.seed, "settings": settings, "cost": timer.as_dict(cost_before),
                   "changed": sorted(changed), **state.get("extra_json", {})}
         if cost_before:
             config["cost"]["resumed_after"] = cost_before

@@ -466,16 +466,21 @@ def check_cells(cells):
     stale = []
     for script, args, out in cells:
         out, made_args, asked, made, made_in = cell_arguments(script, args, out)
-        if made_args is not None and made_args != asked:
-            stale.append(f"{out}\n    made with: {' '.join(made_args)}\n    now asked: {' '.join(asked)}")
+        if made_args is None:  # not finished, or made outside the benchmark: nothing to compare
             continue
-        if made is None:  # unfinished, or recorded before settings were: the arguments are all there is to compare
+        if made is None:  # recorded before settings were: the arguments are all there is to compare
+            if made_args != asked:
+                stale.append(f"{out}\n    made with: {' '.join(made_args)}\n    now asked: {' '.join(asked)}")
             continue
-        now = resolved_settings(script, [*args, "--out", out])  # the same arguments: has a default changed?
+        # the settings each command resolves to, not the command lines: other words for the same settings (a flag
+        # given twice, a default spelt out) reuse the cell, and a changed default under the same words does not
+        now = resolved_settings(script, [*args, "--out", out])
         made, now = (inside_checkout(inside_checkout(x, made_in), HERE) for x in (made, now))
         changed = [f"{k}: {made[k]!r} -> {now[k]!r}" for k in sorted(set(made) & set(now)) if made[k] != now[k]]
         if changed:  # a setting only one side knows (added or removed since) cannot be compared
-            stale.append(f"{out}\n    the same arguments, other defaults: {'; '.join(changed)}")
+            how = "the same arguments, other defaults" if made_args == asked else \
+                f"made with: {' '.join(made_args)}\n    now asked: {' '.join(asked)}\n    settings that differ"
+            stale.append(f"{out}\n    {how}: {'; '.join(changed)}")
     if stale:  # a finished cell is reused by its folder name alone: never with other settings than asked
         sdlib.fail("these finished cells were made with other arguments than this benchmark asks for (another "
                    "--profile or --*-args, or a changed default?); use another --work folder, or delete them to "

@@ -4,6 +4,7 @@ load -> SD (tokenizer, text encoder, UNet, VAE, DDIM schedule, counters); encode
 token embeddings); predict noise with or without classifier-free guidance; run our own DDIM loop from noise down
 to a given step; generate pictures for (prompt, seed) lists in batches; select trainable parameters by a named rule.
 """
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -531,14 +532,39 @@ class Timer:
         return (time.time() - self.t0, self.sd.counts["unet"] - self.c0["unet"],
                 self.sd.counts["text_encoder"] - self.c0["text_encoder"])
 
-    def as_dict(self):
-        """Under torchrun: evaluations summed over ranks, seconds of the slowest rank (every rank must call it)."""
+    def as_dict(self, before=None):
+        """Under torchrun: evaluations summed over ranks, seconds of the slowest rank (every rank must call it).
+        before: this rank's cost in the stopped processes of a resumed run (plus_before), added first."""
         sec, unet, text = self.seconds, self.unet_evals, self.text_evals
+        sec, unet, text = plus_before(sec, unet, text, before)
         if rank_world()[1] > 1:
             parts = [None] * rank_world()[1]
             _dist().all_gather_object(parts, (sec, unet, text))
             sec, unet, text = max(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
         return {"seconds": round(sec, 2), "unet_evals": unet, "text_encoder_evals": text}
+
+
+def plus_before(seconds, unet_evals, text_evals, before):
+    """A cost plus before: the cost of a resumed run's stopped processes up to their last checkpoint (None if the run
+    was not resumed). What a resumed process redoes on start, such as drawing DM2's pool again, is counted again:
+    it was spent."""
+    if before is None:
+        return seconds, unet_evals, text_evals
+    return seconds + before["seconds"], unet_evals + before["unet_evals"], text_evals + before["text_encoder_evals"]
+
+
+def write_cost(path, timer, before):
+    """Write the cost so far (this process's, plus before) to path, atomically: beside each checkpoint, so that a
+    resumed run reports the whole run's cost, not its last process's. Read it back with read_cost."""
+    seconds, unet, text = plus_before(*timer.so_far(), before)
+    with open(path + ".part", "w") as f:
+        json.dump({"seconds": round(seconds, 2), "unet_evals": unet, "text_encoder_evals": text}, f)
+    os.replace(path + ".part", path)
+
+
+def read_cost(path):
+    """What write_cost wrote at path, None where there is nothing (a run that was not resumed)."""
+    return json.load(open(path)) if os.path.exists(path) else None
 
 
 # ---- command-line helpers shared by the entry points -------------------------------------------------------------

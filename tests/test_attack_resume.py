@@ -74,6 +74,12 @@ def test_attack_killed_at_a_random_step_resumes_bit_identically(erased, which, m
     assert rows_a == rows_b and m_a == m_b and img_a.keys() == img_b.keys()
     assert all(np.array_equal(img_a[k], img_b[k]) for k in img_a)
     assert emb_a.keys() == emb_b.keys() and all(torch.equal(emb_a[k], emb_b[k]) for k in emb_a)
+    # the resumed run reports the whole run's cost: the stopped process's up to its checkpoint, plus its own
+    cost_a, cost_b = (json.load(open(f / "metrics.json"))["cost"] for f in (full, part))
+    assert "resumed_after" not in cost_a and cost_b["resumed_after"]["text_encoder_evals"] > 0
+    assert cost_b["unet_evals"] == cost_a["unet_evals"]  # no UNet step is lost or done twice
+    # what the resumed process redoes on start is counted (Ring-A-Bell encodes its concept prompt pairs again)
+    assert cost_b["text_encoder_evals"] >= cost_a["text_encoder_evals"]
 
 
 def test_resume_with_other_settings_is_refused(erased, monkeypatch):

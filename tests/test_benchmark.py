@@ -147,6 +147,27 @@ def test_stale_cell_check_sees_a_changed_default(tmp_path, monkeypatch, capsys):
     assert f"other defaults: erase_scale_reo: {s_e - 1!r} -> {s_e!r}" in capsys.readouterr().err
 
 
+def test_stale_cell_check_compares_settings_not_words(tmp_path, capsys):
+    """Other words for the same settings (a flag given twice, a default spelt out) reuse a finished cell; other
+    words for other settings do not, and the refusal names the setting."""
+    import erase
+    args = ["--method", "dm2", "--concept", "van gogh", "--seed", "0", "--dm2-max-loops", "3"]
+    out = str(tmp_path / "runs" / "dm2_s0")
+    os.makedirs(out)
+    made_with = [*args, "--dm2-circumvent-steps", "100", "--dm2-circumvent-steps", str(erase.DM2_CIRCUMVENT_STEPS)]
+    json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *made_with, "--out", out],
+               "threads": 1, "settings": evaluate.resolved_settings("erase.py", [*made_with, "--out", out])},
+              open(os.path.join(out, evaluate.CELL_FILE), "w"))
+    evaluate.check_cells([("erase.py", args, out)])  # the last --dm2-circumvent-steps is the default: reused
+    evaluate.check_cells([("erase.py", [*args, "--dm2-lora-on", erase.DM2_LORA_DEFAULT], out)])
+    try:
+        evaluate.check_cells([("erase.py", [*args, "--dm2-max-loops", "4"], out)])
+        raise AssertionError("a cell made with other settings was reused")
+    except SystemExit:
+        pass
+    assert "settings that differ: dm2_max_loops: 3 -> 4" in capsys.readouterr().err
+
+
 def test_before_after_from_evaluations(tmp_path):
     """The figure's rows are the first row of the base model's and the method's concept_grid.png, then of their
     other_grid.png, picture for picture; without the base model's cell, the method's rows alone."""
