@@ -99,6 +99,10 @@ DM2_ANCHOR = "a photo"  # c0
 # the mined embedding for the circumvent term, and, for the preserve terms, also of the original model under c0
 # (a probe for the mini world's van gogh: README, DM2)
 DM2_XT = "pool"
+# where the L mined tokens sit: "prompt" (the paper: they are the whole prompt) or, a probe for the mini world's van
+# gogh, "caption": in the pool picture's caption in place of the concept's words ("a red circle in the style of {}"),
+# the form of CCE's attack token, for mining, verifying and circumventing alike
+DM2_MINE_IN = "prompt"
 DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
 #   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
@@ -193,6 +197,9 @@ def run_embeddings(run_dir, method, concept_name=None, what=""):
 def dm2_mined_of(run_dir):
     """(config.json, {'mined.K': (L, D)}) of a finished DM2 run: the embeddings it mined, in mining order."""
     cfg, emb = run_embeddings(run_dir, "dm2")
+    if cfg["settings"].get("dm2_mine_in", "prompt") != "prompt":
+        sdlib.fail(f"{run_dir}: its mined tokens sit in captions (--dm2-mine-in {cfg['settings']['dm2_mine_in']}); "
+                   "this reads them as whole prompts (--dm2-mine-in prompt runs only)")
     return cfg, {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
 
 
@@ -420,6 +427,9 @@ def dm2(sd, concept, a, state):
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
     pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
+    # the mined tokens' context for each pool picture: none (the tokens are the prompt), or the picture's caption
+    pool_templates = [concept.templates[i % len(concept.templates)] if a.dm2_mine_in == "caption" else "{}"
+                      for i in range(a.dm2_pool)]
     pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
     pool = attack.image_latents(sd, pool_images)
     reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
@@ -446,24 +456,25 @@ def dm2(sd, concept, a, state):
     c0 = sdlib.encode(sd, [DM2_ANCHOR])
     uncond_b = sdlib.encode(sd, [""] * a.dm2_batch) if a.dm2_xt == "sample" else None
     scores = [r["verify_score"] for r in state["log"] if "verify_score" in r]
-    conds = {}  # mined index -> its (c, 0*c, -c) conditionings; the text encoder is frozen, so each is encoded once
+    conds = {}  # (mined index, template) -> its (c, 0*c, -c); the text encoder is frozen, so each is encoded once
 
-    def mined_conds(j):
-        if j not in conds:
+    def mined_conds(j, rows):  # c, 0*c and -c of mined embedding j in the templates of pool pictures rows
+        for tpl in {pool_templates[r] for r in rows} - {k[1] for k in conds if k[0] == j}:
             with torch.no_grad():
-                conds[j] = [sdlib.encode(sd, [" ".join(names)], dict(zip(ids, s * mined[j]))) for s in (1.0, 0.0, -1.0)]
-        return conds[j]
+                conds[j, tpl] = [sdlib.encode(sd, [tpl.format(" ".join(names))], dict(zip(ids, s * mined[j])))
+                                 for s in (1.0, 0.0, -1.0)]
+        return [torch.cat([conds[j, pool_templates[r]][k] for r in rows]) for k in range(3)]  # each (rows, 77, D)
 
     def verify(vecs, pick):  # s(c) of pictures drawn from vecs against the pool pictures it was mined on
-        x = sdlib.generate(sd, [" ".join(names)] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
-                           inject=dict(zip(ids, vecs)), progress=False)
+        prompts = [pool_templates[int(pick[v % len(pick)])].format(" ".join(names)) for v in range(a.dm2_verify_images)]
+        x = sdlib.generate(sd, prompts, list(range(a.dm2_verify_images)), inject=dict(zip(ids, vecs)), progress=False)
         return verify_score(enc(x), f_ref, f_concept[pick])
 
     while loop < a.dm2_max_loops:
         gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
         pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
         init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else concept.words
-        learned = attack.textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
+        learned = attack.textual_inversion(sd, pool[pick], [pool_templates[i] for i in pick.tolist()], names, init,
                                            a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
                                            clip=DM2_MINE_CLIP)
@@ -480,19 +491,24 @@ def dm2(sd, concept, a, state):
             use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
             j = len(mined) - 1 if use_newest else int(torch.randint(len(mined) - 1, (1,), generator=gen))
             b = a.dm2_batch  # x_t per step
-            c, zero_c, neg_c = mined_conds(j)  # the mined tokens scaled by 1, 0 and -1; then c0 (the anchor)
             if a.dm2_xt == "pool":  # pool pictures, each noised to its own timestep
                 i = torch.randint(len(pool), (b,), generator=gen)
                 t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
                 noise = torch.randn(pool[i].shape, generator=gen).to(pool)
                 z = sdlib.add_noise(sd, pool[i], noise, t)
+                rows = i.tolist()
+            else:  # no pool picture: the captions of random ones (all "{}" unless --dm2-mine-in caption)
+                rows = torch.randint(len(pool), (b,), generator=gen).tolist() if a.dm2_mine_in == "caption" else [0] * b
+            # the mined tokens (in their rows' captions) scaled by 1, 0 and -1, each (b, 77, D); then c0 (the anchor)
+            c, zero_c, neg_c = mined_conds(j, rows)
+            if a.dm2_xt == "pool":
                 zs = [z]  # the preserve terms are taken on the same x_t
             else:  # the first k of ddim_steps steps: the trained model under c, the original under c0
                 with torch.no_grad():
                     k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
                     z_T, z0_T = (torch.randn((b, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
                                  for _ in range(2))
-                    z, t_k = sdlib.ddim(sd, sd.unet, z_T, c.repeat_interleave(b, 0), uncond_b, a.start_guidance,
+                    z, t_k = sdlib.ddim(sd, sd.unet, z_T, c, uncond_b, a.start_guidance,
                                         a.ddim_steps, stop_at=k)
                     z0, _ = sdlib.ddim(sd, frozen, z0_T, c0.repeat_interleave(b, 0), uncond_b, a.start_guidance,
                                        a.ddim_steps, stop_at=k)
@@ -500,13 +516,13 @@ def dm2(sd, concept, a, state):
                 zs = [z, z0]  # the preserve terms on both
             n = len(zs)
             with torch.no_grad():
-                kept = torch.cat([c0, zero_c, neg_c]).repeat_interleave(b, 0)  # (3b, 77, D)
+                kept = torch.cat([c0.expand(b, -1, -1), zero_c, neg_c])  # (3b, 77, D)
                 zk = torch.cat([x.repeat(3, 1, 1, 1) for x in zs])
                 target = sdlib.eps(sd, frozen, zk, t.repeat(3 * n), kept.repeat(n, 1, 1))  # original model
             # one call of the trained model: c (circumvent: should predict what the original does for c0), then
             # c0, 0*c and -c (preserve: should predict what the original does for each of them)
             pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(3 * n + 1),
-                             torch.cat([c.repeat_interleave(b, 0), kept.repeat(n, 1, 1)]))
+                             torch.cat([c, kept.repeat(n, 1, 1)]))
             circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
             preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the three terms (mean over x_t)
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
@@ -530,7 +546,7 @@ def dm2(sd, concept, a, state):
                            "dm2_loops": loop, "dm2_verify_scores": scores,
                            "dm2_verify_scores_after": [r["verify_score_after"] for r in state["log"]
                                                        if "verify_score_after" in r],
-                           "dm2_features": encoder_name}
+                           "dm2_features": encoder_name, "dm2_mine_in": a.dm2_mine_in}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
 
@@ -814,6 +830,8 @@ def parse(argv=None):
     g.add_argument("--dm2-mine-lr-end", type=float, default=DM2_MINE_LR_END, help="... to this")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
+    g.add_argument("--dm2-mine-in", default=DM2_MINE_IN, choices=["prompt", "caption"],
+                   help="the mined tokens are the whole prompt, or sit in the pool picture's caption (see DM2_MINE_IN)")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
                    help="mining starts every token from the anchor's word 'photo' or from the concept's words")
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)

@@ -93,14 +93,13 @@ def main():
     if not runs:
         sdlib.fail(f"no DM2 run folders (runs/dm2_s*) under {', '.join(a.work)}")
     for run in runs:
-        cfg = sdlib.read_run_config(run)
+        cfg, mined = erase.dm2_mined_of(run)  # in mining order; whole-prompt runs only
         lora = load_file(os.path.join(run, sdlib.RUN_WEIGHTS))
-        mined = load_file(os.path.join(run, "embeddings.safetensors"))
-        names = [f"<dm{i}>" for i in range(next(iter(mined.values())).shape[0])]
+        mined = list(mined.values())
+        names = [f"<dm{i}>" for i in range(mined[0].shape[0])]
         ids = sdlib.add_tokens(sd, names)
         groups = {"concept": h_concept, "other": h_other,
-                  **{f"mined{k}": hidden(sd, [" ".join(names)], dict(zip(ids, mined[f"mined.{k}"])))
-                     for k in range(len(mined))}}
+                  **{f"mined{k}": hidden(sd, [" ".join(names)], dict(zip(ids, m))) for k, m in enumerate(mined)}}
         won = {}
         for attack in ATTACKS:
             folder = os.path.join(os.path.dirname(os.path.dirname(run)), "attacks", f"{os.path.basename(run)}_{attack}")

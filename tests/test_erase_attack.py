@@ -354,6 +354,36 @@ def test_dm2_lora_on_cross_keys_too(tiny_model, tmp_path):
     assert bad.returncode != 0 and "invalid choice" in bad.stderr
 
 
+def test_dm2_mine_in_caption_puts_the_tokens_in_the_pool_pictures_captions(tiny_model, tmp_path, monkeypatch):
+    """--dm2-mine-in caption: mining inverts each pool picture with its own caption, the tokens in place of the
+    concept's words (the default: the tokens are the whole prompt); circumventing encodes them in those captions;
+    the scripts that read mined embeddings as whole prompts refuse such a run."""
+    import attack
+    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "3",
+              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-threshold", "-2",
+              "--dm2-verify-images", "1", "--dm2-max-loops", "1", "--dm2-tokens", "2", "--grid-seeds", "0"]
+    invert, encode, mined_with, encoded = attack.textual_inversion, sdlib.encode, [], []
+    monkeypatch.setattr(attack, "textual_inversion", lambda sd, lat, templates, *a, **k: mined_with.append(templates)
+                        or invert(sd, lat, templates, *a, **k))
+    monkeypatch.setattr(sdlib, "encode", lambda sd, prompts, *a, **k: encoded.extend(prompts) or
+                        encode(sd, prompts, *a, **k))
+    erase.main([*common, "--out", str(tmp_path / "prompt")])
+    assert mined_with[-1] == ["{}"] * 3 and "<dm0> <dm1>" in encoded
+    concept = data.get_concept("van gogh", "mini")
+    mined_with.clear(), encoded.clear()
+    erase.main([*common, "--dm2-mine-in", "caption", "--out", str(tmp_path / "caption")])
+    assert set(mined_with[-1]) <= set(concept.templates) and all(t != "{}" for t in mined_with[-1])
+    in_captions = {p for p in encoded if "<dm0> <dm1>" in p}
+    assert in_captions and in_captions <= {t.format("<dm0> <dm1>") for t in concept.templates}
+    cfg = json.load(open(tmp_path / "caption" / "config.json"))
+    assert cfg["dm2_mine_in"] == "caption"
+    with pytest.raises(SystemExit):
+        erase.dm2_mined_of(str(tmp_path / "caption"))
+    assert len(erase.dm2_mined_of(str(tmp_path / "prompt"))[1]) == 1
+    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-mine-in", "anywhere", "--out", "x")
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
 def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypatch):
     """A run stopped during DM2's second loop and resumed reports the cost of both processes: the start (drawing
     the pool) and loop 1 up to its checkpoint, then the start again and loop 2. Every loop costs the same UNet
