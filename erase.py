@@ -91,6 +91,10 @@ DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop
 DM2_BATCH = 4  # pool pictures per circumvent step
 DM2_LR = 3e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
+# the preserve terms: the paper's c0, 0*c and -c, or (a probe) without 0*c. In the mini world the mined tokens scaled
+# by 0 draw van gogh (16 zero vectors: 30 of 30 pictures; README, DM2), so preserving 0*c keeps van gogh
+DM2_PRESERVE = {"c0+zero+neg": ("c0", "zero", "neg"), "c0+neg": ("c0", "neg")}
+DM2_PRESERVE_DEFAULT = "c0+zero+neg"
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
@@ -515,16 +519,18 @@ def dm2(sd, concept, a, state):
                 t = torch.full((b,), t_k, dtype=torch.long, device=sd.device)
                 zs = [z, z0]  # the preserve terms on both
             n = len(zs)
+            terms = {"c0": c0.expand(b, -1, -1), "zero": zero_c, "neg": neg_c}
+            m = len(DM2_PRESERVE[a.dm2_preserve])  # preserve terms
             with torch.no_grad():
-                kept = torch.cat([c0.expand(b, -1, -1), zero_c, neg_c])  # (3b, 77, D)
-                zk = torch.cat([x.repeat(3, 1, 1, 1) for x in zs])
-                target = sdlib.eps(sd, frozen, zk, t.repeat(3 * n), kept.repeat(n, 1, 1))  # original model
+                kept = torch.cat([terms[k] for k in DM2_PRESERVE[a.dm2_preserve]])  # (m b, 77, D)
+                zk = torch.cat([x.repeat(m, 1, 1, 1) for x in zs])
+                target = sdlib.eps(sd, frozen, zk, t.repeat(m * n), kept.repeat(n, 1, 1))  # original model
             # one call of the trained model: c (circumvent: should predict what the original does for c0), then
-            # c0, 0*c and -c (preserve: should predict what the original does for each of them)
-            pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(3 * n + 1),
+            # the preserve terms (c0, 0*c, -c: should predict what the original does for each of them)
+            pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(m * n + 1),
                              torch.cat([c, kept.repeat(n, 1, 1)]))
             circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
-            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the three terms (mean over x_t)
+            preserve = m * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the terms (mean over x_t)
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
             step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
         after = verify(vecs, pick)  # did circumventing work? the same check on the same embedding, now
@@ -830,6 +836,8 @@ def parse(argv=None):
     g.add_argument("--dm2-mine-lr-end", type=float, default=DM2_MINE_LR_END, help="... to this")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
+    g.add_argument("--dm2-preserve", default=DM2_PRESERVE_DEFAULT, choices=sorted(DM2_PRESERVE),
+                   help="the preserve terms (see DM2_PRESERVE)")
     g.add_argument("--dm2-mine-in", default=DM2_MINE_IN, choices=["prompt", "caption"],
                    help="the mined tokens are the whole prompt, or sit in the pool picture's caption (see DM2_MINE_IN)")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
