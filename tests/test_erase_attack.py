@@ -384,6 +384,27 @@ def test_dm2_mine_in_caption_puts_the_tokens_in_the_pool_pictures_captions(tiny_
     assert bad.returncode != 0 and "invalid choice" in bad.stderr
 
 
+def test_dm2_preserve_without_zero_drops_the_zero_term(tiny_model, tmp_path, monkeypatch):
+    """--dm2-preserve c0+neg: each circumvent step's trained-model call holds c and two preserve terms per x_t
+    (the default: three, c0, 0*c and -c), and none of its conditionings is the mined tokens scaled by 0."""
+    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "3",
+              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-threshold", "-2",
+              "--dm2-verify-images", "1", "--dm2-max-loops", "1", "--grid-seeds", "0"]
+    eps, sizes = sdlib.eps, []
+    def spy(sd, unet, z, t, cond, *a, **k):
+        if unet is sd.unet and torch.is_grad_enabled():  # the trained model's call with gradients: circumventing
+            sizes.append(len(z))
+        return eps(sd, unet, z, t, cond, *a, **k)
+    monkeypatch.setattr(sdlib, "eps", spy)
+    erase.main([*common, "--out", str(tmp_path / "paper")])
+    paper, sizes[:] = list(sizes), []
+    erase.main([*common, "--dm2-preserve", "c0+neg", "--out", str(tmp_path / "no_zero")])
+    assert paper[-2:] == [2 + 3 * 2] * 2 and sizes[-2:] == [2 + 2 * 2] * 2, (paper, sizes)
+    assert json.load(open(tmp_path / "no_zero" / "config.json"))["settings"]["dm2_preserve"] == "c0+neg"
+    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-preserve", "none", "--out", "x")
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
 def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypatch):
     """A run stopped during DM2's second loop and resumed reports the cost of both processes: the start (drawing
     the pool) and loop 1 up to its checkpoint, then the start again and loop 2. Every loop costs the same UNet
