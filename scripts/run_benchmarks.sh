@@ -54,6 +54,29 @@ python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,un
 python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
     --erase-args "--dm2-lora-on values+cross-keys" --work work/benchmark/van_gogh_quick_dm2_cross_keys \
     --out results/benchmark/van_gogh_quick_seeds/dm2_cross_keys
+# the same on 3 seeds (seed 0 reused), the mined tokens in captions (stopped after 2 seeds: --seeds 2 writes its
+# report), and without DM2's 0*c preserve term; the scripts behind the probes report's last sections
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
+    --jobs 2 --erase-args "--dm2-lora-on values+cross-keys" --work work/benchmark/van_gogh_quick_dm2_cross_keys \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_cross_keys
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 2 \
+    --jobs 2 --erase-args "--dm2-mine-in caption" --work work/benchmark/van_gogh_quick_dm2_caption \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_caption
+python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
+    --jobs 2 --erase-args "--dm2-preserve c0+neg" --work work/benchmark/van_gogh_quick_dm2_no_zero \
+    --out results/benchmark/van_gogh_quick_seeds/dm2_no_zero
+python scripts/dm2_preserved.py work/benchmark/van_gogh_quick_dm2_b4/runs/dm2_s0 \
+    --out results/benchmark/van_gogh_quick/dm2_probes/preserved.md
+python scripts/dm2_preserved.py work/benchmark/triangle_quick_dm2_b4/runs/dm2_s0 \
+    --out results/benchmark/triangle_quick_seeds/dm2_b4_s300_lr3e-3/preserved.md
+python scripts/anchor_sdedit.py --concept "van gogh" --anchors "a photo" "a" "<guide>" \
+    --out results/benchmark/van_gogh_quick/dm2_probes/anchor_sdedit.md
+python scripts/anchor_sdedit.py --concept triangle --anchors "a photo" "a" "<guide>" \
+    --out results/benchmark/van_gogh_quick/dm2_probes/anchor_sdedit_triangle.md
+python scripts/dm2_subspace.py work/benchmark/van_gogh_quick_dm2_b4 work/benchmark/van_gogh_quick_dm2_cross_keys \
+    --concept "van gogh" --out results/benchmark/van_gogh_quick/dm2_probes/subspace.md
+python scripts/dm2_subspace.py work/benchmark/triangle_quick_dm2_b4 --concept triangle \
+    --out results/benchmark/triangle_quick_seeds/dm2_b4_s300_lr3e-3/subspace.md
 # bench_batching's ceiling alone (results/batching/ceiling.md); the attack table: without --attacks none
 python scripts/bench_batching.py --attacks none
 # issue 6: the paper-length schedules of STEREO (the public code's step counts) and AP (1000 iterations) against the
