@@ -38,23 +38,28 @@ def shares(sd, embeddings, judge, concept, n, label):
     return rows
 
 
+def load_run(run, pictures, script):
+    """(config, mined embeddings, the original model, the concept, the mini judge) of a mini-world DM2 run folder;
+    one line and exit for a bad --pictures, a run without mined embeddings or one outside the mini world."""
+    import erase
+    if pictures < 1:
+        sdlib.fail("--pictures must be at least 1")
+    cfg, emb = erase.dm2_mined_of(run)
+    if not emb:
+        sdlib.fail(f"{run}/embeddings.safetensors holds no mined embeddings")
+    original = sdlib.load(sdlib.base_model_of(cfg))
+    if data.world_of(original.image_size) != "mini":
+        sdlib.fail(f"{script} judges with the mini judge: mini-world runs only")
+    return cfg, emb, original, data.get_concept(cfg["concept"], "mini"), mini.load_judge()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a DM2 run folder written by erase.py --method dm2")
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args()
-    if a.pictures < 1:
-        sdlib.fail("--pictures must be at least 1")
-    import erase
-    cfg, emb = erase.dm2_mined_of(a.run)
-    if not emb:
-        sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
-    original = sdlib.load(sdlib.base_model_of(cfg))
-    if data.world_of(original.image_size) != "mini":
-        sdlib.fail("dm2_mined.py judges with the mini judge: mini-world runs only")
-    concept = data.get_concept(cfg["concept"], "mini")
-    judge = mini.load_judge()
+    cfg, emb, original, concept, judge = load_run(a.run, a.pictures, "dm2_mined.py")
     before = shares(original, emb, judge, concept, a.pictures, "original model")
     after = shares(sdlib.load(weights=a.run), emb, judge, concept, a.pictures, "erased model")
     scores = cfg.get("dm2_verify_scores", [])

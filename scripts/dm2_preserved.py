@@ -38,16 +38,7 @@ def main(argv=None):
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args(argv)
-    if a.pictures < 1:
-        sdlib.fail("--pictures must be at least 1")
-    cfg, emb = erase.dm2_mined_of(a.run)
-    if not emb:
-        sdlib.fail(f"{a.run}/embeddings.safetensors holds no mined embeddings")
-    sd = sdlib.load(sdlib.base_model_of(cfg))
-    if data.world_of(sd.image_size) != "mini":
-        sdlib.fail("dm2_preserved.py judges with the mini judge: mini-world runs only")
-    concept = data.get_concept(cfg["concept"], "mini")
-    judge = mini.load_judge()
+    cfg, emb, sd, concept, judge = dm2_mined.load_run(a.run, a.pictures, "dm2_preserved.py")
     first = next(iter(emb.values()))
     rows = {"0*c (any mined embedding)": 0 * first}
     for k, v in emb.items():
