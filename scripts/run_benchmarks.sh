@@ -65,6 +65,9 @@ python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,un
 python evaluate.py benchmark --concept "van gogh" --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 3 \
     --jobs 2 --erase-args "--dm2-preserve c0+neg" --work work/benchmark/van_gogh_quick_dm2_no_zero \
     --out results/benchmark/van_gogh_quick_seeds/dm2_no_zero
+python evaluate.py benchmark --concept triangle --methods dm2 --attacks cce,unlearndiff --profile quick --seeds 1 \
+    --erase-args "--dm2-preserve c0+neg" --work work/benchmark/triangle_quick_dm2_no_zero \
+    --out results/benchmark/triangle_quick_seeds/dm2_no_zero
 python scripts/dm2_preserved.py work/benchmark/van_gogh_quick_dm2_b4/runs/dm2_s0 \
     --out results/benchmark/van_gogh_quick/dm2_probes/preserved.md
 python scripts/dm2_preserved.py work/benchmark/triangle_quick_dm2_b4/runs/dm2_s0 \
