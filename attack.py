@@ -901,8 +901,6 @@ def main(argv=None):
                    "n_attacked": int(attacked.sum()), **rates, "judge": judge.describe(),
                    "cost": timer.as_dict(cost_before), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}
-        if cost_before:
-            metrics["cost"]["resumed_after"] = cost_before
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
         for f in os.listdir(a.state_dir) if os.path.isdir(a.state_dir) else []:  # done: the checkpoints go
             if f.startswith("state_"):

@@ -13,7 +13,6 @@ command takes --weights RUN (with --model BASE, or the base the run names). --ex
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -463,10 +462,11 @@ def dm2(sd, concept, a, state):
     conds = {}  # (mined index, template) -> its (c, 0*c, -c); the text encoder is frozen, so each is encoded once
 
     def mined_conds(j, rows):  # c, 0*c and -c of mined embedding j in the templates of pool pictures rows
-        for tpl in {pool_templates[r] for r in rows} - {k[1] for k in conds if k[0] == j}:
-            with torch.no_grad():
-                conds[j, tpl] = [sdlib.encode(sd, [tpl.format(" ".join(names))], dict(zip(ids, s * mined[j])))
-                                 for s in (1.0, 0.0, -1.0)]
+        for tpl in {pool_templates[r] for r in rows}:
+            if (j, tpl) not in conds:
+                with torch.no_grad():
+                    conds[j, tpl] = [sdlib.encode(sd, [tpl.format(" ".join(names))], dict(zip(ids, s * mined[j])))
+                                     for s in (1.0, 0.0, -1.0)]
         return [torch.cat([conds[j, pool_templates[r]][k] for r in rows]) for k in range(3)]  # each (rows, 77, D)
 
     def verify(vecs, pick):  # s(c) of pictures drawn from vecs against the pool pictures it was mined on
@@ -940,8 +940,6 @@ def main(argv=None):
                   "base_fingerprint": base_fp,
                   "seed": a.seed, "settings": settings, "cost": timer.as_dict(cost_before),
                   "changed": sorted(changed), **state.get("extra_json", {})}
-        if cost_before:
-            config["cost"]["resumed_after"] = cost_before
         if a.grid_seeds:  # what before_after.png shows; there is none with --grid-seeds 0
             config.update(before_after_rows=["concept: before", "concept: after", "other: before", "other: after"],
                           before_after_prompts=before_prompts + other_prompts)

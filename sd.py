@@ -287,14 +287,15 @@ def ddim_step(sd, z, e, t, t_prev):
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e
 
 
-def ddim(sd, unet, z, cond, uncond=None, guidance=1.0, num_steps=50, stop_at=None):
-    """Run DDIM from z (noise at the first timestep) for stop_at of num_steps steps (all if None).
+def ddim(sd, unet, z, cond, uncond=None, guidance=1.0, num_steps=50, stop_at=None, start_at=0):
+    """Run DDIM from z (noise at the first timestep, or at step start_at's: SDEdit) up to step stop_at of num_steps
+    (the end if None).
 
-    Returns (z after stop_at steps, the timestep it now sits at). stop_at=0 returns z unchanged."""
+    Returns (z after step stop_at, the timestep it now sits at). stop_at=start_at returns z unchanged."""
     ts = ddim_timesteps(sd, num_steps)
     stop_at = len(ts) if stop_at is None else stop_at
     step_size = sd.scheduler.config.num_train_timesteps // num_steps
-    for i in range(stop_at):
+    for i in range(start_at, stop_at):
         t = int(ts[i])
         e = eps(sd, unet, z, t, cond, uncond, guidance)
         z = ddim_step(sd, z, e, t, t - step_size)
@@ -534,14 +535,15 @@ class Timer:
 
     def as_dict(self, before=None):
         """Under torchrun: evaluations summed over ranks, seconds of the slowest rank (every rank must call it).
-        before: this rank's cost in the stopped processes of a resumed run (plus_before), added first."""
-        sec, unet, text = self.seconds, self.unet_evals, self.text_evals
-        sec, unet, text = plus_before(sec, unet, text, before)
+        before: this rank's cost in the stopped processes of a resumed run (plus_before), added first and kept
+        as 'resumed_after'."""
+        sec, unet, text = plus_before(self.seconds, self.unet_evals, self.text_evals, before)
         if rank_world()[1] > 1:
             parts = [None] * rank_world()[1]
             _dist().all_gather_object(parts, (sec, unet, text))
             sec, unet, text = max(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
-        return {"seconds": round(sec, 2), "unet_evals": unet, "text_encoder_evals": text}
+        cost = {"seconds": round(sec, 2), "unet_evals": unet, "text_encoder_evals": text}
+        return {**cost, "resumed_after": before} if before else cost
 
 
 def plus_before(seconds, unet_evals, text_evals, before):

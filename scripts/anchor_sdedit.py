@@ -34,16 +34,12 @@ GUIDE = "<guide>"
 
 def redraw(sd, z0, cond, k, seed):
     """z0 noised to DDIM step k (its own fixed noise), then DDIM steps k..STEPS-1 under cond -> pictures."""
-    ts = sdlib.ddim_timesteps(sd, STEPS)
-    step = sd.scheduler.config.num_train_timesteps // STEPS
+    t = int(sdlib.ddim_timesteps(sd, STEPS)[k])
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
-    z = sdlib.add_noise(sd, z0, noise, int(ts[k]))
-    uncond = sdlib.encode(sd, [""] * len(z0))
     with torch.no_grad():
-        for i in range(k, len(ts)):
-            t = int(ts[i])
-            z = sdlib.ddim_step(sd, z, sdlib.eps(sd, sd.unet, z, t, cond, uncond, GUIDANCE), t, t - step)
-    return sdlib.decode(sd, z), int(ts[k])
+        z, _ = sdlib.ddim(sd, sd.unet, sdlib.add_noise(sd, z0, noise, t), cond, sdlib.encode(sd, [""] * len(z0)),
+                          GUIDANCE, STEPS, start_at=k)
+    return sdlib.decode(sd, z), t
 
 
 def main(argv=None):
