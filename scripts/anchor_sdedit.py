@@ -55,7 +55,10 @@ def main(argv=None):
     sd = sdlib.load(a.model)
     if data.world_of(sd.image_size) != "mini":
         sdlib.fail("anchor_sdedit.py judges with the mini judge: mini-world models only")
-    concept = data.get_concept(a.concept, "mini")
+    try:
+        concept = data.get_concept(a.concept, "mini")
+    except data.DataError as e:
+        sdlib.fail(str(e))
     judge = mini.load_judge()
     want = data.ATTRIBUTES[concept.attribute].index(concept.value)
 

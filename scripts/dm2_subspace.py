@@ -77,7 +77,10 @@ def main():
     a = p.parse_args()
     from safetensors.torch import load_file
     sd = sdlib.load(a.model)
-    concept = data.get_concept(a.concept, data.world_of(sd.image_size))
+    try:
+        concept = data.get_concept(a.concept, data.world_of(sd.image_size))
+    except data.DataError as e:
+        sdlib.fail(str(e))
     others = concept.other_prompts[::max(1, len(concept.other_prompts) // OTHERS)][:OTHERS]
     h_concept, h_other, h0 = hidden(sd, concept.prompts), hidden(sd, others), hidden(sd, [erase.DM2_ANCHOR])
     lines = [f"# How much of each conditioning DM2's LoRA cancels: {concept.name!r}", "",
