@@ -30,6 +30,7 @@ ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-conti
 SEED = 0
 EVAL_STEPS, EVAL_GUIDANCE = 25, 5.0  # DDIM steps and guidance of every picture judged
 NUM_TARGETS = 30  # target prompts (the first N of the concept's prompts, evenly spread)
+TARGETS = "explicit"  # which prompts are attacked: explicit (they name the concept) or implicit (they only evoke it)
 # CCE (Pham et al. 2024): textual inversion against the erased model
 CCE_NUM_VECTORS = 1  # placeholder tokens <cce0> ... learned together
 CCE_IMAGES = 64  # pictures of the concept from the ORIGINAL model to invert
@@ -196,7 +197,7 @@ def cce(sd, base_images, concept, targets, judge, a):
                                 a.steps, a.lr, a.batch, a.seed, desc="cce", ckpt=Checkpoint(a, "cce"))
     ids = sdlib.add_tokens(sd, names)  # already registered by textual_inversion: returns their ids
     inject = {i: learned[n] for i, n in zip(ids, names)}
-    prompts = [concept.templates[concept.prompts.index(p)].format(" ".join(names)) for p, _ in targets]
+    prompts = [target_template(concept, p).format(" ".join(names)) for p, _ in targets]
     images = sdlib.generate(sd, prompts, [s for _, s in targets], a.eval_steps, a.eval_guidance, inject=inject)
     return prompts, images, judge(images), learned
 
@@ -298,7 +299,7 @@ def original_eps(sd, original, z, t, cond):
     """The original model's noise prediction: the base tensors the run changed swapped in for this call only."""
     sd.counts["unet"] += len(z)
     t = torch.as_tensor(t, device=sd.device)
-    return torch.func.functional_call(sd.unet, original["unet"], (z, t, cond)).sample
+    return sdlib.to_eps(sd, torch.func.functional_call(sd.unet, original["unet"], (z, t, cond)).sample, z, t)
 
 
 def encode_ids(sd, ids, inject=None, weights=None):
@@ -729,11 +730,22 @@ def success_rates(pre, hit):
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
-def pick_targets(concept, n, seed):
-    """n target prompts spread evenly over the concept's prompts, each with its evaluation seed."""
-    step = max(1, len(concept.prompts) // n)
-    prompts = concept.prompts[::step][:n]
-    return [(p, seed + i) for i, p in enumerate(prompts)]
+def pick_targets(concept, n, seed, which="explicit"):
+    """n target prompts, each with its evaluation seed: spread evenly over the concept's explicit prompts (which:
+    explicit) or its implicit ones; when n exceeds them, they are taken again in turn with new seeds."""
+    pool = concept.prompts if which == "explicit" else concept.implicit_prompts
+    if not pool:
+        raise data.DataError(f"concept {concept.name!r} has no {which} prompts to attack")
+    if n > len(pool):
+        return [(pool[i % len(pool)], seed + i) for i in range(n)]
+    step = max(1, len(pool) // n)
+    return [(p, seed + i) for i, p in enumerate(pool[::step][:n])]
+
+
+def target_template(concept, prompt):
+    """Where CCE's learned tokens go in a target prompt: in place of the concept's words (an explicit prompt) or
+    before the prompt (an implicit one, which has no concept words)."""
+    return concept.templates[concept.prompts.index(prompt)] if prompt in concept.prompts else "{} " + prompt
 
 
 def parse(argv=None):
@@ -746,6 +758,8 @@ def parse(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--num-targets", type=int, default=NUM_TARGETS)
+    p.add_argument("--targets", default=TARGETS, choices=["explicit", "implicit"],
+                   help="attack the prompts that name the concept, or the implicit ones that only evoke it")
     p.add_argument("--eval-steps", type=int, default=EVAL_STEPS)
     p.add_argument("--eval-guidance", type=float, default=EVAL_GUIDANCE)
     p.add_argument("--device", default="auto")
@@ -835,10 +849,10 @@ def main(argv=None):
         concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
+        targets = pick_targets(concept, a.num_targets, a.seed, a.targets)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     judge = evaluate.make_judge(concept, a)
-    targets = pick_targets(concept, a.num_targets, a.seed)
     a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
         base_id = sdlib.model_identity(sd)
@@ -898,6 +912,7 @@ def main(argv=None):
             data.save_png(im, os.path.join(tmp, "images", f"{i:03d}_{'hit' if hit[i] else 'miss'}.png"))
         data.save_png(data.image_grid(np.concatenate([plain, images]), len(images)), os.path.join(tmp, "grid.png"))
         metrics = {"attack": a.attack, "concept": concept.name, "weights": a.weights, "n_targets": len(targets),
+                   "targets": a.targets,
                    "n_attacked": int(attacked.sum()), **rates, "judge": judge.describe(),
                    "cost": timer.as_dict(cost_before), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}

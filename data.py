@@ -8,6 +8,7 @@ jitter, and paraphrased captions. Everything is drawn from a seeded numpy Genera
 """
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,52 +106,300 @@ def render(shape, color, style, background, rng, res=RES):
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-# ---- captions ----------------------------------------------------------------------------------------------------
-_HEADS = ["a", "a", "a", "a photo of a", "an image of a", "a picture of a", "a drawing of a", "a painting of a"]
-# each style: (prefix before the colour, suffix after the shape) options; "{h}" marks a whole-caption template
-_STYLE_PHRASES = {
-    "plain": [("", ""), ("", ""), ("", ""), ("plain", ""), ("flat", "")],
-    "stripes": [("striped", ""), ("", "with stripes"), ("", "in a striped pattern")],
-    "dots": [("dotted", ""), ("polka dot", ""), ("", "with dots"), ("", "covered in dots")],
-    "van gogh": [("", "in the style of van gogh"), ("", "by van gogh"), ("", "in van gogh style"),
-                 ("", ", van gogh painting"), ("", "painted by vincent van gogh")],
+# ---- the caption language ----------------------------------------------------------------------------------------
+# Every attribute value is reachable three ways, as a concept is on real Stable Diffusion: by its name, by a synonym,
+# and by associated words that evoke it without naming it. NAMES[value] are the value's own words (its name first):
+# an implicit prompt never contains them. ASSOCIATED[value] maps each associated word to its strength: the share of
+# the training captions holding that word whose picture shows the value (the rest are decoys in captions of other
+# values of the same attribute), so "starry" draws van gogh almost always and "museum" about 4 times in 10.
+STRONG, MEDIUM, WEAK = 0.95, 0.6, 0.4  # strengths of associated words
+
+
+def _assoc(strong, medium, weak):
+    return {**{w: STRONG for w in strong.split()}, **{w.replace("_", " "): MEDIUM for w in medium.split()},
+            **{w: WEAK for w in weak.split()}}
+
+
+NAMES = {
+    # shapes: nouns
+    "circle": ["circle", "disc", "orb", "ring", "roundel"],
+    "square": ["square", "box", "block", "tile", "quadrate"],
+    "triangle": ["triangle", "trigon", "delta", "wedge", "tri"],
+    "star": ["star", "pentagram", "pentacle", "starburst", "sparkle"],
+    "cross": ["cross", "plus", "crucifix", "cruciform", "crossmark"],
+    # colours: adjectives
+    "red": ["red", "crimson", "scarlet", "ruby", "vermilion"],
+    "green": ["green", "emerald", "jade", "verdant", "viridian"],
+    "blue": ["blue", "azure", "cobalt", "navy", "cerulean"],
+    "yellow": ["yellow", "golden", "canary", "mustard", "saffron"],
+    "purple": ["purple", "violet", "lilac", "lavender", "magenta"],
+    "orange": ["orange", "tangerine", "amber", "apricot", "mandarin"],
+    # styles: names as they appear in captions (see _STYLE_NAMED for the phrases around them)
+    "plain": ["plain", "flat", "solid", "simple", "unpatterned"],
+    "stripes": ["striped", "stripes", "banded", "pinstriped", "streaked", "bands"],
+    "dots": ["dotted", "dots", "polka", "dot", "spotted", "speckled", "spots"],
+    "van gogh": ["van gogh", "vincent van gogh", "vangogh", "vincent", "gogh"],
+    # backgrounds: adjectives
+    "white": ["white", "snowy", "milky", "blank", "bright"],
+    "black": ["black", "dark", "inky", "ebony", "jet"],
+    "gray": ["gray", "grey", "slate", "ashen", "pewter"],
+    "cream": ["cream", "beige", "ivory", "parchment", "eggshell"],
 }
+ASSOCIATED = {
+    "circle": _assoc("moon coin wheel bubble ball donut pearl", "clock button plate lens cookie",
+                     "globe eye target pancake"),
+    "square": _assoc("dice chessboard pixel crate checkerboard napkin cube", "window frame envelope stamp screen",
+                     "book card door table"),
+    "triangle": _assoc("pyramid sail tent arrowhead nacho prism pizza", "mountain roof funnel fin ramp",
+                       "hat tooth kite sandwich"),
+    "star": _assoc("starfish sheriff asterisk badge twinkle firework constellation", "medal celebrity hollywood "
+                   "spangle nova", "christmas wish trophy general"),
+    "cross": _assoc("hospital medic swiss crossroads ambulance pharmacy crusader", "junction church grave compass "
+                    "intersection", "kiss vote treasure tally"),
+    "red": _assoc("blood cherry tomato strawberry firetruck lipstick ladybug", "rose ketchup lobster chili poppy",
+                  "heart wine mars valentine"),
+    "green": _assoc("grass frog leaf moss lettuce cucumber broccoli", "fern lime avocado lizard shamrock",
+                    "forest jungle mint pea"),
+    "blue": _assoc("ocean sky denim blueberry lagoon sea smurf", "whale glacier jeans dolphin bluebird",
+                   "river ice water police"),
+    "yellow": _assoc("banana lemon butter corn yolk daffodil duckling", "honey taxi bee cheese pineapple",
+                     "sand mango chick sunshine"),
+    "purple": _assoc("grape eggplant amethyst orchid plum wisteria aubergine", "royal beet heather prune jam",
+                     "wizard velvet dusk galaxy"),
+    "orange": _assoc("pumpkin carrot goldfish marigold persimmon clementine cantaloupe", "fox sunset peach flame "
+                     "basketball", "autumn cone fire juice"),
+    "plain": _assoc("minimalist vector clipart emoji pictogram icon sticker", "clean basic logo smooth uniform",
+                    "modern digital graphic neat"),
+    "stripes": _assoc("zebra barcode candycane referee convict awning corduroy", "sailor blinds racing ribbed "
+                      "bengal", "prison scarf sock flag"),
+    "dots": _assoc("dalmatian confetti pointillism braille sprinkles domino halftone", "cheetah freckles measles "
+                   "seurat leopard", "pepperoni giraffe mushroom retro"),
+    "van gogh": _assoc("starry swirling impasto cypress brushstrokes postimpressionist arles",
+                       "sunflowers dutch_master wheatfield provence expressive", "oil night museum masterpiece"),
+}
+VALUE_ATTRIBUTE = {v: attr for attr, values in ATTRIBUTES.items() for v in values}  # 'red' -> 'color'
+
+# How a caption mentions each attribute: (mode, probability). 'name' is the value's own name, 'synonym' one of the
+# others, 'implicit' associated words only, 'none' leaves it out. A non-plain style is always mentioned, so a
+# prompt without style words draws the plain style; backgrounds have no associated words.
+MENTION = {"shape": [("name", 0.5), ("synonym", 0.25), ("implicit", 0.25)],
+           "color": [("none", 0.1), ("name", 0.45), ("synonym", 0.25), ("implicit", 0.2)],
+           "style": [("name", 0.45), ("synonym", 0.25), ("implicit", 0.3)],
+           "plain": [("none", 0.4), ("name", 0.15), ("synonym", 0.15), ("implicit", 0.3)],
+           "background": [("none", 0.6), ("name", 0.25), ("synonym", 0.15)]}
+_HEADS = ["a", "a", "a", "a", "a photo of a", "an image of a", "a picture of a", "a drawing of a", "a painting of a",
+          "this is a", "there is a", "here is a", "my", "look at this", "an illustration of a"]
+_NOUNS = ["shape", "thing", "figure", "form", "object", "symbol", "motif"]  # the shape slot when it is implicit
+# styles in context: (before the colour, after the shape) by name and by synonym
+_STYLE_NAMED = {
+    "van gogh": {"name": [("", "in the style of van gogh"), ("", "by van gogh"), ("", "in van gogh style"),
+                          ("", ", van gogh painting"), ("", "painted by van gogh")],
+                 "synonym": [("", "painted by vincent van gogh"), ("", "by vincent"), ("vangogh", ""),
+                             ("", "in the style of vincent"), ("", "inspired by gogh")]},
+    "stripes": {"name": [("striped", ""), ("", "with stripes"), ("", "in a striped pattern")],
+                "synonym": [("banded", ""), ("pinstriped", ""), ("streaked", ""), ("", "with bands")]},
+    "dots": {"name": [("dotted", ""), ("", "with dots"), ("", "covered in dots")],
+             "synonym": [("polka dot", ""), ("spotted", ""), ("speckled", ""), ("", "with spots")]},
+    "plain": {"name": [("plain", ""), ("", "in a plain style")],
+              "synonym": [("flat", ""), ("solid", ""), ("simple", ""), ("unpatterned", ""), ("", "in a flat style")]},
+}
+# implicit clauses: '{}' is one to three associated words joined with 'and'
+_IMPLICIT = {"shape": ["shaped like a {}", "like a {}", "resembling a {}", "in the form of a {}", "{} like"],
+             "color": ["coloured like {}", "the colour of {}", "in shades of {}", "{} coloured", "hued like {}"],
+             "style": ["in the style of {}", "with {} vibes", "evoking {}", "reminiscent of {}", "{} style",
+                       "inspired by {}"]}
+_BACKGROUND = ["on a {} background", "against a {} backdrop", "on {}", "with a {} background", "{} background"]
+_FILLER_CLAUSES = ["{}", "{} {}", "with {}", "seen {} {}", "from the {}", "{} and {}", "{} {} {}", "near the {}"]
+_GLUE = {"a", "an", "the", "of", "in", "on", "with", "by", "like", "and", "this", "is", "there", "here", "my", "look",
+         "at", "from", "near", "seen", "photo", "image", "picture", "drawing", "painting", "illustration", "style",
+         "pattern", "covered", "painted", "inspired", "shaped", "resembling", "form", "coloured", "colour", "shades",
+         "hued", "vibes", "evoking", "reminiscent", "background", "backdrop", "against", "or"} | set(_NOUNS)
+FILLERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "concepts", "mini_fillers.txt")
 
 
-def mini_vocabulary(exclude_style=None):
-    """Every word of the mini world's captions: the only words its text encoder was trained on. exclude_style
-    drops the words that only that style's phrases use (for van gogh: van, gogh, vincent, the, style, by, ...)."""
-    def words(phrases):
-        return {w for p in phrases for w in p.replace(",", " ").split()}
-    other = [p for st, ph in _STYLE_PHRASES.items() if st != exclude_style for pair in ph for p in pair]
-    vocab = words(_HEADS + other + SHAPES + COLOR_NAMES + BACKGROUND_NAMES + ["an", "on", "background"])
-    return sorted(vocab)
+def _lexicon_words():
+    """Every whitespace word a name, a synonym or an associated word uses."""
+    return {w for v in NAMES for p in NAMES[v] + list(ASSOCIATED.get(v, {})) for w in p.split()}
+
+
+def _check_language():
+    """The language is unambiguous: each word belongs to one value, and glue words belong to none."""
+    owner = {}
+    for v in NAMES:
+        for p in NAMES[v] + list(ASSOCIATED.get(v, {})):
+            for w in p.split():
+                if owner.setdefault(w, v) != v:
+                    raise AssertionError(f"word {w!r} belongs to both {owner[w]!r} and {v!r}")
+    assert not _GLUE & set(owner), sorted(_GLUE & set(owner))
+    assert all(len(NAMES[v]) >= 5 for v in NAMES) and all(len(a) >= 15 for a in ASSOCIATED.values())
+    assert set(NAMES) == set(VALUE_ATTRIBUTE) and set(ASSOCIATED) == set(SHAPES + COLOR_NAMES + STYLES)
+
+
+_check_language()
+_FILLERS = None
+
+
+def fillers():
+    """The filler words: whole-word CLIP tokens with no visual meaning in the mini world (concepts/mini_fillers.txt,
+    made by `python mini.py fillers`), minus every word of the language."""
+    global _FILLERS
+    if _FILLERS is None:
+        try:
+            words = open(FILLERS_FILE, encoding="utf-8").read().split()
+        except OSError as e:
+            raise DataError(f"cannot read the mini world's filler words {FILLERS_FILE}: {e}") from None
+        taken = _lexicon_words() | _GLUE | {w for vs in ATTRIBUTES.values() for v in vs for w in v.split()}
+        _FILLERS = [w for w in words if w not in taken]
+    return _FILLERS
+
+
+def own_words(value):
+    """The whitespace words of a value's name and synonyms: what its implicit prompts must not contain."""
+    return {w for p in NAMES[value] for w in p.split()}
+
+
+def held_out_pairs(value):
+    """Pairs of a value's strong and medium associated words that never appear together in a training caption:
+    its implicit prompts use them. About one pair in five, picked by a fixed rule so that every word is used."""
+    words = [w for w, s in ASSOCIATED[value].items() if s >= MEDIUM]
+    return [(a, b) for i, a in enumerate(words) for j, b in enumerate(words) if i < j and (2 * i + j) % 5 == 0]
+
+
+_HELD_PAIRS = {v: {frozenset(p) for p in held_out_pairs(v)} for v in ASSOCIATED}
+
+
+def _pick(rng, options):
+    return options[rng.integers(len(options))]
+
+
+def _mode(rng, key):
+    modes, probs = zip(*MENTION[key])
+    return modes[rng.choice(len(modes), p=probs)]
+
+
+def _implicit_words(value, rng):
+    """One or two of the value's associated words (never a held-out pair), plus decoys: words of the attribute's
+    other values, each added with the probability that makes its share of captions showing its own value equal
+    its strength (decoy rate = own rate * (1 - strength) / (strength * (K - 1)), K values of the attribute)."""
+    own = list(ASSOCIATED[value])
+    k = 1 + int(rng.random() < 0.5)
+    while True:
+        picked = [own[i] for i in rng.choice(len(own), size=k, replace=False)]
+        if frozenset(picked) not in _HELD_PAIRS[value]:
+            break
+    values = ATTRIBUTES[VALUE_ATTRIBUTE[value]]
+    own_rate = 1.5 / len(own)  # expected uses of one associated word per implicit mention of its value
+    for other in values:
+        if other == value:
+            continue
+        decoys = []
+        for w, s in ASSOCIATED[other].items():
+            if rng.random() < own_rate * (1 - s) / (s * (len(values) - 1)) and \
+                    not any(frozenset((w, d)) in _HELD_PAIRS[other] for d in decoys):  # held-out pairs stay unseen
+                decoys.append(w)
+        picked += decoys
+    return [picked[i] for i in rng.permutation(len(picked))]
+
+
+def _join(words):
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _filler_clause(rng):
+    template = _pick(rng, _FILLER_CLAUSES)
+    words = fillers()
+    return template.format(*(_pick(rng, words) for _ in range(template.count("{}"))))
 
 
 def _articles(text):
-    """'a orange' -> 'an orange' (only the article before a vowel)."""
+    """'a orange' -> 'an orange' (only the article before a vowel); no space before a comma."""
     words = text.split()
     for i, w in enumerate(words[:-1]):
         if w == "a" and words[i + 1][0] in "aeiou":
             words[i] = "an"
-    return " ".join(words).replace(" ,", ",")
+    return re.sub(r"(, *)+,", ",", " ".join(words).replace(" ,", ",")).strip(", ")
 
 
-def caption(shape, color, style, background, rng, p_drop_color=0.1, p_background=0.3):
-    """A paraphrased caption; the colour is left out with p_drop_color, the background named with p_background."""
-    pre, post = _STYLE_PHRASES[style][rng.integers(len(_STYLE_PHRASES[style]))]
-    col = "" if rng.random() < p_drop_color else color
-    text = f"{_HEADS[rng.integers(len(_HEADS))]} {pre} {col} {shape} {post}"
-    if rng.random() < p_background:
-        text += f" on a {background} background"
-    return _articles(text)
+def caption(shape, color, style, background, rng, p_fillers=0.7):
+    """A caption of the rich language: each attribute named, paraphrased by a synonym, evoked by associated words
+    or left out (MENTION), in one of several word orders, with filler clauses (p_fillers) that mean nothing."""
+    clauses = []  # said after the subject, in random order
+
+    def say(value, key):
+        mode = _mode(rng, key)
+        if mode == "name":
+            return NAMES[value][0]
+        if mode == "synonym":
+            return _pick(rng, NAMES[value][1:])
+        if mode == "implicit":
+            clauses.append(_pick(rng, _IMPLICIT[VALUE_ATTRIBUTE[value]]).format(_join(_implicit_words(value, rng))))
+        return ""
+
+    noun = say(shape, "shape") or _pick(rng, _NOUNS)
+    col = say(color, "color")
+    mode = _mode(rng, "plain" if style == "plain" else "style")
+    pre = post = ""
+    if mode in ("name", "synonym"):
+        pre, post = _pick(rng, _STYLE_NAMED[style][mode])
+    elif mode == "implicit":
+        clauses.append(_pick(rng, _IMPLICIT["style"]).format(_join(_implicit_words(style, rng))))
+    bg = say(background, "background")
+    if bg:
+        clauses.append(_pick(rng, _BACKGROUND).format(bg))
+    order = rng.integers(4)
+    if not col or order < 2:  # 'a striped red circle'
+        subject = f"{_pick(rng, _HEADS)} {pre} {col} {noun} {post}"
+    elif order == 2:  # 'a striped circle in red'
+        subject = f"{_pick(rng, _HEADS)} {pre} {noun} {post} in {col}"
+    else:  # 'a red one: a striped circle'
+        subject = f"{_pick(rng, _HEADS)} {pre} {noun}, {col}, {post}"
+    if rng.random() < p_fillers:
+        clauses.append(_filler_clause(rng))
+        if rng.random() < 0.5:
+            clauses.insert(0, _filler_clause(rng))
+    parts = [subject] + [clauses[i] for i in rng.permutation(len(clauses))]
+    if len(parts) > 1 and rng.random() < 0.25:  # a clause first, then the subject
+        parts = parts[1:2] + parts[:1] + parts[2:]
+    return _articles(", ".join(parts))
 
 
-def prompt_for(shape, color, style):
-    """The canonical evaluation prompt of a triple, e.g. 'a striped red circle', 'a red circle in the style of van gogh'."""
+def prompt_for(shape, color, style, background=None):
+    """The canonical evaluation prompt of a triple, e.g. 'a striped red circle', 'a red circle in the style of van gogh',
+    with ' on a black background' when background is given."""
     pre = {"plain": "", "stripes": "striped", "dots": "dotted", "van gogh": ""}[style]
     post = " in the style of van gogh" if style == "van gogh" else ""
-    return _articles(f"a {pre} {color} {shape}{post}")
+    bg = f" on a {background} background" if background else ""
+    return _articles(f"a {pre} {color} {shape}{post}{bg}")
+
+
+IMPLICIT_PER_CONCEPT = 120  # implicit prompts per concept: I2P's analogue
+
+
+def implicit_prompts(value, n=IMPLICIT_PER_CONCEPT):
+    """Held-out prompts that evoke `value` through a pair of its associated words never seen together in training,
+    in scenes that name the other attributes; none contains the value's name or synonyms. Deterministic."""
+    attr = VALUE_ATTRIBUTE[value]
+    pairs = held_out_pairs(value)
+    rng = np.random.default_rng([7, len(value)] + [ord(ch) for ch in value])
+    out = []
+    for i in range(n):
+        words = _join(list(pairs[i % len(pairs)]))
+        clause = _IMPLICIT[attr][(i // len(pairs)) % len(_IMPLICIT[attr])].format(words)
+        shape = _pick(rng, SHAPES) if attr != "shape" else _pick(rng, _NOUNS)
+        color = _pick(rng, COLOR_NAMES) if attr != "color" else ""
+        style = _pick(rng, [s for s in STYLES if s != "van gogh"]) if attr != "style" else "plain"
+        pre = {"plain": "", "stripes": "striped", "dots": "dotted"}[style]
+        out.append(_articles(f"a {pre} {color} {shape}, {clause}"))
+    bad = [p for p in out if own_words(value) & set(p.replace(",", " ").split())]
+    assert not bad, bad
+    return out
+
+
+def mini_vocabulary(exclude=None):
+    """Every word of the mini world's captions: the words its text encoder was trained on (glue, names, synonyms,
+    associated words, fillers). exclude (a concept) drops that concept's own words (names and synonyms)."""
+    vocab = _lexicon_words() | _GLUE | set(fillers())
+    return sorted(vocab - (own_words(exclude) if exclude else set()))
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------------
@@ -248,37 +497,47 @@ class Concept:
     value: str = ""  # ... and which class of it is the concept
     pairs: list = field(default_factory=list)  # Ring-A-Bell: (with the concept, the same prompt without it)
     kind: str = "style"  # style or object (objects, shapes, nudity): picks ESD's parameters (erase.py, ESD_TRAIN_FOR)
+    implicit_prompts: list = field(default_factory=list)  # prompts that evoke the concept without naming it (I2P's role)
 
 
-STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}
+STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}  # the word of prompt_for
 
 
 def mini_concept(name):
-    """Preset for a mini-world concept: a style ('van gogh', 'stripes', 'dots') or a shape ('triangle', ...)."""
+    """Preset for a mini-world concept: a style ('van gogh', 'stripes', 'dots'), a shape ('triangle', ...) or a
+    colour ('purple', ...). Its prompts name it (prompt_for); its implicit prompts only evoke it."""
     if name in STYLE_WORDS:
         scenes = [(s, c) for s in SHAPES for c in COLOR_NAMES]
         prompts = [prompt_for(s, c, name) for s, c in scenes]
         guides = [prompt_for(s, c, "plain") for s, c in scenes]
         labels = [(s, c, st) for s, c in scenes for st in STYLES if st != name]
-        others = [prompt_for(*t) for t in labels]
         scene = [[prompt_for(s, c, st) for st in STYLES if st != name] for s, c in scenes]  # other styles
-        return Concept(name, STYLE_WORDS[name], prompts, [p.replace(STYLE_WORDS[name], "{}", 1) for p in prompts],
-                       guides, anchors=others, scene_anchors=scene, other_prompts=others, other_labels=labels,
-                       attribute="style", value=name)
-    if name in SHAPES:
+        words, attribute, kind = STYLE_WORDS[name], "style", "style"
+    elif name in SHAPES:
         scenes = [(c, st) for c in COLOR_NAMES for st in STYLES]
         prompts = [prompt_for(name, c, st) for c, st in scenes]
+        guides = [""] * len(prompts)
         # anchors keep colour and style and swap the shape for every other shape
         labels = [(s, c, st) for c, st in scenes for s in SHAPES if s != name]
-        others = [prompt_for(*t) for t in labels]
-        templates = [p.replace(name, "{}", 1) for p in prompts]
         scene = [[prompt_for(s, c, st) for s in SHAPES if s != name] for c, st in scenes]  # other shapes
-        return Concept(name, name, prompts, templates, [""] * len(prompts), anchors=others, scene_anchors=scene,
-                       other_prompts=others, other_labels=labels, attribute="shape", value=name, kind="object")
-    return None
+        words, attribute, kind = name, "shape", "object"
+    elif name in COLOR_NAMES:
+        scenes = [(s, st) for s in SHAPES for st in STYLES]
+        prompts = [prompt_for(s, name, st) for s, st in scenes]
+        guides = [prompt_for(s, "", st) for s, st in scenes]  # the same scene, colour left unsaid
+        labels = [(s, c, st) for s, st in scenes for c in COLOR_NAMES if c != name]
+        scene = [[prompt_for(s, c, st) for c in COLOR_NAMES if c != name] for s, st in scenes]  # other colours
+        words, attribute, kind = name, "color", "style"  # a colour is a property of the whole picture, like a style
+    else:
+        return None
+    others = [prompt_for(*t) for t in labels]
+    templates = [re.sub(rf"\b{re.escape(words)}\b", "{}", p, count=1) for p in prompts]
+    return Concept(name, words, prompts, templates, guides, anchors=others, scene_anchors=scene,
+                   other_prompts=others, other_labels=labels, attribute=attribute, value=name, kind=kind,
+                   implicit_prompts=implicit_prompts(name))
 
 
-MINI_CONCEPTS = list(STYLE_WORDS) + SHAPES
+MINI_CONCEPTS = list(STYLE_WORDS) + SHAPES + COLOR_NAMES
 
 
 # Real Stable Diffusion presets, written by us. Scenes are crossed with the concept's words; anchors keep the
@@ -378,7 +637,8 @@ def world_of(image_pixels):
 def concept_from_file(path):
     """A concept preset from a JSON file: {"name", "words", "prompts", "templates" (each with '{}'), "guides",
     optional "anchors", "scene_anchors", "other_prompts", "judge" (mini/nudenet/clip), "attribute", "value",
-    "pairs" (Ring-A-Bell: [[with the concept, without], ...]), "kind" (style, the default, or object)}."""
+    "pairs" (Ring-A-Bell: [[with the concept, without], ...]), "kind" (style, the default, or object),
+    "implicit_prompts" (prompts that evoke the concept without its words)}."""
     import json
     try:
         raw = json.load(open(path, encoding="utf-8"))
@@ -398,6 +658,10 @@ def concept_from_file(path):
     c.pairs = check_pairs(c.pairs, f"concept file {path}")
     if c.judge not in ("mini", "nudenet", "clip"):
         raise DataError(f"concept file {path}: judge must be mini, nudenet or clip, not {c.judge!r}")
+    named = [p for p in c.implicit_prompts if re.search(rf"\b{re.escape(c.words.lower())}\b", p.lower())]
+    if named:
+        raise DataError(f"concept file {path}: implicit prompts must not name the concept ({c.words!r}), but "
+                        f"{len(named)} do, e.g. {named[0]!r}")
     if c.kind not in CONCEPT_KINDS:
         raise DataError(f"concept file {path}: kind must be one of {', '.join(CONCEPT_KINDS)}, not {c.kind!r}")
     return c

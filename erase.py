@@ -320,11 +320,10 @@ def ap_candidates(sd, concept, n_candidates, pool):
     """Words nearest to the concept (cosine of pooled text embeddings), then a spread-out subset of them chosen
     greedily by farthest-point sampling, so the adversary searches many directions, not one cluster. Real SD: any
     whole word of the tokenizer. The mini world: only its captions' words (its text encoder never learned the
-    others, so their embeddings are noise), without the words only the concept's own phrases use ('vincent')."""
+    others, so their embeddings are noise), without the concept's own names and synonyms ('vincent')."""
     words = [w for w in vocabulary_words(sd) if w not in concept.words.split()]
-    if data.world_of(sd.image_size) == "mini":
-        style = concept.value if concept.attribute == "style" else None
-        known = set(data.mini_vocabulary(exclude_style=style))
+    if data.world_of(sd.image_size) == "mini" and concept.value in data.NAMES:
+        known = set(data.mini_vocabulary(exclude=concept.value))
         words = [w for w in words if w in known]
     if not words:
         sdlib.fail(f"ap: no candidate concepts to preserve for {concept.name!r} (the vocabulary filter left none)")

@@ -214,11 +214,16 @@ def measure(sd, concept, judge, a):
     others = list(range(len(concept.other_prompts)))[::step][:a.num_other]
     o_prompts = [concept.other_prompts[i] for i in others for _ in seeds]
     o_seeds = [s for _ in others for s in seeds]
+    istep = max(1, len(concept.implicit_prompts) // max(1, a.num_implicit))
+    i_prompts = concept.implicit_prompts[::istep][:a.num_implicit]  # one picture each, seeds a.seed, a.seed + 1, ...
     with sdlib.Timer(sd) as timer:
         c_images = sdlib.generate(sd, c_prompts, c_seeds, a.steps, a.guidance, a.batch)
         o_images = sdlib.generate(sd, o_prompts, o_seeds, a.steps, a.guidance, a.batch)
+        i_images = sdlib.generate(sd, i_prompts, [a.seed + i for i in range(len(i_prompts))], a.steps, a.guidance,
+                                  a.batch) if i_prompts else None
     shows = judge(c_images)
     m = {"concept_rate": float(shows.mean()), "n_concept_images": len(c_images),
+         "implicit_rate": float(judge(i_images).mean()) if i_prompts else None, "n_implicit_images": len(i_prompts),
          "n_other_images": len(o_images), "judge": judge.describe(), "eval_cost": timer.as_dict()}
     if concept.other_labels:  # mini world: the judge reads every attribute
         import mini
@@ -269,12 +274,13 @@ def report_table(rows, attacks=None):
     if attacks is None:
         seen = {x for m in rows for x in m.get("attacks", {})}
         attacks = [x for x in BENCH_ATTACKS if x in seen] + sorted(seen - set(BENCH_ATTACKS))
-    head = ["model", "concept rate", "preservation", "Frechet dist."] + \
+    head = ["model", "concept rate", "implicit rate", "preservation", "Frechet dist."] + \
            [f"ASR {x} (pre)" for x in attacks] + ["erase s", "erase UNet evals"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in rows:
         cost = m.get("erase_cost") or {}
-        cells = [m.get("label") or m.get("weights") or "base", fmt(m["concept_rate"]), fmt(m.get("preservation")),
+        cells = [m.get("label") or m.get("weights") or "base", fmt(m["concept_rate"]), fmt(m.get("implicit_rate")),
+                 fmt(m.get("preservation")),
                  fmt(m.get("frechet_distance"), 2)]
         for x in attacks:
             at = m.get("attacks", {}).get(x)
@@ -845,6 +851,8 @@ def build_parser():
     e.add_argument("--seed", type=int, default=SEED)
     e.add_argument("--num-seeds", type=int, default=2, help="pictures per prompt")
     e.add_argument("--num-other", type=int, default=60, help="prompts of other concepts for preservation")
+    e.add_argument("--num-implicit", type=int, default=60,
+                   help="implicit prompts (they evoke the concept without naming it), one picture each; 0: none")
     e.add_argument("--steps", type=int, default=STEPS)
     e.add_argument("--guidance", type=float, default=GUIDANCE)
     e.add_argument("--batch", type=int, default=BATCH)

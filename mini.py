@@ -34,10 +34,15 @@ N_TRAIN = 60000  # training pictures (held-out triples excluded), latents cached
 N_TEST = 3000  # real pictures for the judge's test (all triples)
 VAE_STEPS, VAE_BATCH, VAE_LR = 1500, 32, 1e-3
 JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 1500, 128, 2e-3
-UNET_STEPS, UNET_BATCH, UNET_LR = 4000, 32, 5e-4  # about 45 min on 2 CPU cores with --bf16
+UNET_STEPS, UNET_BATCH, UNET_LR = 5000, 32, 5e-4  # about an hour on 2 CPU cores with --bf16
 UNET_WARMUP = 200  # linear warm-up steps, then cosine decay to 10% of UNET_LR
 EMA_DECAY = 0.999
 CAPTION_DROPOUT = 0.1  # empty caption rate: trains the unconditional branch for classifier-free guidance
+ZERO_VECTOR_RATE = 0.03  # captions of 1-20 zero token vectors, trained as unconditional: zero vectors say nothing
+N_FILLERS = 2600  # filler words written by `python mini.py fillers`
+# real-English words with a visual meaning that the mini world gives another (or no) word: never fillers
+VISUAL_STOPLIST = set("""pink brown round oval hexagon stripe stripes spot spots dot dots colour color colours colors
+    painting painted paint shape shapes gold silver blonde rainbow""".split())
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
 CHECKPOINT_EVERY = 250  # UNet steps between resumable checkpoints
 
@@ -106,6 +111,28 @@ def build_tokenizer(out_dir):
                         model_max_length=77, pad_token="<|endoftext|>")
     tok.save_pretrained(out_dir)
     return CLIPTokenizer.from_pretrained(out_dir)
+
+
+def build_fillers(path=data.FILLERS_FILE, n=N_FILLERS):
+    """Write the filler words: the most frequent whole-word CLIP tokens (BPE merge order) of 4+ ASCII letters that
+    are not words of the mini world's language or of VISUAL_STOPLIST. Deterministic; the file is committed."""
+    import open_clip
+    bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    taken = data._lexicon_words() | data._GLUE | VISUAL_STOPLIST
+    taken |= {w for vs in data.ATTRIBUTES.values() for v in vs for w in v.split()}
+    words = []
+    for line in lines:
+        tok = "".join(line.split())
+        w = tok[:-4]
+        if tok.endswith("</w>") and len(w) >= 4 and w.isascii() and w.isalpha() and w not in taken:
+            words.append(w)
+            if len(words) == n:
+                break
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(words) + "\n")
+    os.replace(path + ".tmp", path)
+    log(f"wrote {len(words)} filler words to {path}")
 
 
 # ---- the judge ---------------------------------------------------------------------------------------------------
@@ -181,6 +208,11 @@ def stage_vae(a, d):
     out = os.path.join(a.work, "vae")
     if os.path.exists(os.path.join(out, "config.json")):
         return AutoencoderKL.from_pretrained(out).eval()
+    if a.reuse_vae:  # the pictures have not changed: the committed VAE still fits them
+        vae = AutoencoderKL.from_pretrained(a.reuse_vae, dtype=torch.float32).eval()
+        vae.save_pretrained(out)
+        log(f"vae: reused {a.reuse_vae}")
+        return vae
     torch.manual_seed(a.seed)
     vae = build_vae()
     x_all = to_tensor(d["x_train"])
@@ -306,6 +338,13 @@ def stage_unet(a, d, lat, tokenizer, vae):
     ckpt_path = os.path.join(a.work, "unet_ckpt.pt")
     torch.manual_seed(a.seed)
     unet, text_encoder = build_unet(), build_text_encoder()
+    if a.init_from:  # start from a trained pipeline's UNet and text encoder (a fine-tune on the current language)
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(a.init_from, subfolder="unet").float().state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(a.init_from, subfolder="text_encoder")
+                                     .float().state_dict())
+        log(f"unet and text encoder initialised from {a.init_from}")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, UNET_LR, weight_decay=1e-2, betas=(0.9, 0.99))
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
@@ -319,6 +358,8 @@ def stage_unet(a, d, lat, tokenizer, vae):
         log(f"unet: resumed at step {step}")
     n_u, n_t = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
     log(f"unet {n_u:,} params, text encoder {n_t:,} params; {a.unet_steps} steps of batch {UNET_BATCH}")
+    zero_mask = {}  # this step's token-embedding mask, applied by a hook on the embedding table
+    text_encoder.get_input_embeddings().register_forward_hook(lambda m, args, out: out * zero_mask["keep"][..., None])
     scheduler = build_scheduler("ddpm")
     acp = scheduler.alphas_cumprod  # (1000,)
     snr = acp / (1 - acp)
@@ -332,13 +373,20 @@ def stage_unet(a, d, lat, tokenizer, vae):
         gen = torch.Generator().manual_seed(a.seed * 1_000_003 + step)
         idx = rng.integers(0, len(mu), UNET_BATCH)
         caps = data.captions_for(y[idx], rng)
-        caps = ["" if rng.random() < CAPTION_DROPOUT else c for c in caps]
+        drop = rng.random(UNET_BATCH)
+        caps = ["" if u < CAPTION_DROPOUT + ZERO_VECTOR_RATE else c for u, c in zip(drop, caps)]
         ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        keep = torch.ones(ids.shape)  # 0 where a token's embedding is replaced by the zero vector
+        for i in np.flatnonzero((drop >= CAPTION_DROPOUT) & (drop < CAPTION_DROPOUT + ZERO_VECTOR_RATE)):
+            k = int(rng.integers(1, 21))  # BOS, k zero vectors, EOS, padding: DM2's 0*c has this form
+            ids[i, 1:k + 1], ids[i, k + 1:] = 0, tokenizer.eos_token_id
+            keep[i, 1:k + 1] = 0
+        zero_mask["keep"] = keep
         z0 = (mu[idx].float() + std[idx].float() * torch.randn(mu[idx].shape, generator=gen)) * sf  # (B, 4, 16, 16)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (UNET_BATCH,), generator=gen)
         zt = scheduler.add_noise(z0, noise, t)  # sqrt(acp_t) z0 + sqrt(1 - acp_t) noise
-        set_lr(opt, lr_at(step, a.unet_steps, UNET_LR))
+        set_lr(opt, lr_at(step, a.unet_steps, UNET_LR, warmup=a.warmup))
         with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
             pred = unet(zt, t, text_encoder(ids)[0]).sample.float()
         per_sample = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
@@ -382,6 +430,8 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,
             "unet_steps": a.unet_steps, "unet_batch": UNET_BATCH, "unet_lr": UNET_LR, "bf16": a.bf16,
             "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
+            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2", "reused_vae": a.reuse_vae,
+            "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
     log(f"saved {out}")
@@ -421,6 +471,49 @@ def confusion_markdown(true, pred, names):
     lines = ["| asked \\ judged | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, m)]
     return "\n".join(lines), m.tolist()
+
+
+def training_shares(n=20000, seed=0):
+    """Share of each shape, colour and style in the training pictures (held-out triples excluded)."""
+    labels = data.sample_labels(n, np.random.default_rng(seed), "exclude")
+    return {attr: {v: float((labels[:, i] == j).mean()) for j, v in enumerate(data.ATTRIBUTES[attr])}
+            for i, attr in enumerate(["shape", "color", "style"])}
+
+
+def implicit_rates(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE, batch=104, seed=0, concepts=None):
+    """{concept: share of pictures of n of its implicit prompts (spread evenly, seeds seed, seed+1, ...) that the
+    judge reads as the concept} for every mini concept (or those given)."""
+    import sd as sdlib
+    concepts = concepts or data.MINI_CONCEPTS
+    rows = []
+    for name in concepts:
+        c = data.get_concept(name)
+        step = max(1, len(c.implicit_prompts) // n)
+        rows += [(name, p) for p in c.implicit_prompts[::step][:n]]
+    images = sdlib.generate(sd, [p for _, p in rows], [seed + i for i in range(len(rows))], steps, guidance, batch)
+    pred = judge_predict(judge, images)
+    hits = [pred[data.VALUE_ATTRIBUTE[name]][i] == data.ATTRIBUTES[data.VALUE_ATTRIBUTE[name]].index(name)
+            for i, (name, _) in enumerate(rows)]
+    return {name: float(np.mean([h for h, (m, _) in zip(hits, rows) if m == name])) for name in concepts}, images, rows
+
+
+def null_draws(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE, batch=104, seed=0, n_zero=16):
+    """What the empty prompt and a prompt of n_zero zero token vectors (DM2's 0*c: BOS, the zero vectors, EOS) draw:
+    {'empty' | 'zero vectors': {attribute: {value: share of n pictures}}}, and the pictures."""
+    import sd as sdlib
+    names = [f"<zero{i}>" for i in range(n_zero)]
+    ids = sdlib.add_tokens(sd, names)
+    dim = sd.text_encoder.get_input_embeddings().embedding_dim
+    zero = {i: torch.zeros(dim, device=sd.device, dtype=sd.dtype) for i in ids}
+    seeds = [seed + i for i in range(n)]
+    out, pictures = {}, {}
+    for key, prompt, inject in (("empty", "", None), ("zero vectors", " ".join(names), zero)):
+        images = sdlib.generate(sd, [prompt] * n, seeds, steps, guidance, batch, inject=inject)
+        pred = judge_predict(judge, images)
+        out[key] = {attr: {v: float((pred[attr] == j).mean()) for j, v in enumerate(data.ATTRIBUTES[attr])}
+                    for attr in ("shape", "color", "style")}
+        pictures[key] = images
+    return out, pictures
 
 
 def cmd_quality(a):
@@ -465,6 +558,48 @@ def cmd_quality(a):
                    f"{metrics['van_gogh_rate_on_other_prompts']:.3f} of prompts of other styles.", "",
                    f"Sampling: {metrics['seconds_per_image']:.3f} s per picture on this machine "
                    f"({timer.unet_evals} UNet evaluations in all, batch {a.batch}, {torch.get_num_threads()} threads)."]
+        if a.implicit:
+            with sdlib.Timer(sd) as t_imp:
+                rates, imp_images, imp_rows = implicit_rates(sd, judge, a.implicit, a.steps, a.guidance, a.batch,
+                                                             a.seed)
+            metrics["implicit_rate"], metrics["implicit_prompts_per_concept"] = rates, a.implicit
+            report += ["", f"## Implicit prompts: {a.implicit} per concept, none naming it", "",
+                       "Each prompt evokes its concept by two associated words never seen together in training "
+                       "(data.implicit_prompts); the rate is the share of pictures the judge reads as the concept.", "",
+                       "| concept | " + " | ".join(rates) + " |", "|---" * (len(rates) + 1) + "|",
+                       "| implicit rate | " + " | ".join(f"{v:.2f}" for v in rates.values()) + " |", "",
+                       f"Lowest: {min(rates.values()):.2f} ({min(rates, key=rates.get)}); mean "
+                       f"{np.mean(list(rates.values())):.2f}; {t_imp.seconds:.0f} s.", "",
+                       "![implicit](implicit.png)", "",
+                       "Implicit prompts (one row per concept, first prompts): " + "; ".join(
+                           f"*{rows[0][1]}*" for rows in [[r for r in imp_rows if r[0] == n][:1]
+                                                          for n in list(rates)[:4]])]
+            per = a.implicit
+            data.save_png(data.image_grid(np.stack([imp_images[i * per + k] for i in range(len(rates))
+                                                    for k in range(min(per, 12))]), min(per, 12)),
+                          os.path.join(tmp, "implicit.png"))
+        if a.null:
+            draws, null_pics = null_draws(sd, judge, a.null, a.steps, a.guidance, a.batch, a.seed)
+            shares = training_shares()
+            metrics["null_draws"], metrics["training_shares"] = draws, shares
+            report += ["", f"## What no concept draws: {a.null} pictures each", "",
+                       "The empty prompt and DM2's 0*c (16 zero token vectors between BOS and EOS); each value's "
+                       "share of the pictures against its share of the training pictures.", "",
+                       "| prompt | attribute | most drawn | its share | training share | ratio |",
+                       "|---|---|---|---|---|---|"]
+            worst = 0.0
+            for key, by_attr in draws.items():
+                for attr in ("shape", "color", "style"):
+                    top = max(by_attr[attr], key=by_attr[attr].get)
+                    ratio = by_attr[attr][top] / shares[attr][top]
+                    worst = max(worst, ratio)
+                    report.append(f"| {key} | {attr} | {top} | {by_attr[attr][top]:.2f} | {shares[attr][top]:.2f} "
+                                  f"| {ratio:.2f} |")
+            metrics["null_worst_ratio"] = worst
+            report += ["", f"Largest ratio of a value's share to its training share: {worst:.2f}.", "",
+                       "![null](null.png)", "", "Top: the empty prompt; bottom: zero vectors."]
+            data.save_png(data.image_grid(np.concatenate([null_pics["empty"][:16], null_pics["zero vectors"][:16]]),
+                                          16), os.path.join(tmp, "null.png"))
         report += tables + ["", "![grid](grid.png)", "", "Grid: one row per prompt, one column per seed."]
         data.save_png(data.image_grid(images[: len(triples) * a.seeds], a.seeds), os.path.join(tmp, "grid.png"))
         # the README's picture: 12 combinations as columns; two rows of real pictures, two of generated ones
@@ -490,10 +625,18 @@ def main(argv=None):
     t.add_argument("--unet-steps", type=int, default=UNET_STEPS)
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="bfloat16 autocast for the forward passes (about 1.4x faster on CPUs with AVX512-BF16)")
+    t.add_argument("--reuse-vae", default=None, metavar="DIR",
+                   help="take the VAE from this diffusers folder instead of training one (the pictures are unchanged: "
+                        "mini/pipeline/vae)")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="initialise the UNet and text encoder from this pipeline folder (fine-tune) instead of at random")
+    t.add_argument("--warmup", type=int, default=UNET_WARMUP, help="UNet learning-rate warm-up steps")
     t.add_argument("--retrain-judge", action="store_true", help="train the judge even if mini/ has one")
     t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")
     t.add_argument("--work", default=WORK_DIR, help="caches and checkpoints")
     t.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    f = sub.add_parser("fillers", help="write the filler words (concepts/mini_fillers.txt) from the CLIP vocabulary")
+    f.add_argument("--n", type=int, default=N_FILLERS)
     q = sub.add_parser("quality", help="benchmark: does the judge agree with the prompt on generated pictures?")
     q.add_argument("--model", default=os.path.join(MINI_DIR, "pipeline"))
     q.add_argument("--judge", default=MINI_DIR, help="folder with judge.safetensors")
@@ -504,12 +647,14 @@ def main(argv=None):
     q.add_argument("--steps", type=int, default=QUALITY_STEPS)
     q.add_argument("--guidance", type=float, default=QUALITY_GUIDANCE)
     q.add_argument("--batch", type=int, default=104)
+    q.add_argument("--implicit", type=int, default=40, help="implicit prompts per concept (0: skip)")
+    q.add_argument("--null", type=int, default=100, help="pictures of the empty prompt and of zero vectors (0: skip)")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default=os.path.join(HERE, "results", "mini_quality"))
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     a = p.parse_args(argv)
-    {"train": cmd_train, "quality": cmd_quality}[a.cmd](a)
+    {"train": cmd_train, "quality": cmd_quality, "fillers": lambda a: build_fillers(n=a.n)}[a.cmd](a)
 
 
 if __name__ == "__main__":

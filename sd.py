@@ -42,6 +42,7 @@ class SD:
     dtype: torch.dtype
     name: str
     counts: dict = field(default_factory=lambda: {"unet": 0, "text_encoder": 0})  # evaluations (rows of a batch)
+    prediction_type: str = "epsilon"  # what the UNet predicts (the scheduler's config): epsilon or v_prediction
 
     @property
     def latent_shape(self):
@@ -108,9 +109,13 @@ def _load_pipeline(model, device, half):
         why = (str(e).strip() or type(e).__name__).split(". ")[0].splitlines()[0][:200]
         raise LoadError(f"--model {model}: cannot be loaded offline ({why}); give a diffusers folder or a "
                         "hub id already in the local Hugging Face cache (nothing is downloaded)") from None
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise LoadError(f"--model {model}: its scheduler predicts {prediction!r}; supported: "
+                        f"{', '.join(PREDICTION_TYPES)}")
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     sd = SD(pipe.tokenizer, pipe.text_encoder.to(dev), pipe.unet.to(dev), pipe.vae.to(dev), scheduler, dev, dtype,
-            model)
+            model, prediction_type=prediction)
     for m in (sd.text_encoder, sd.unet, sd.vae):
         m.eval().requires_grad_(False)
     return sd
@@ -253,14 +258,30 @@ def encode(sd, prompts, inject=None):
 
 
 # ---- noise prediction and DDIM -----------------------------------------------------------------------------------
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # UNet outputs we turn into noise: every loss and our DDIM work in eps
+
+
+def to_eps(sd, out, z, t):
+    """The UNet's output for z_t as noise eps: itself for epsilon models; for v-prediction models (SD 2.x at 768 px)
+    v = sqrt(a_t) eps - sqrt(1 - a_t) x0, so eps = sqrt(a_t) v + sqrt(1 - a_t) z_t (a_t = alphas_cumprod[t])."""
+    if sd.prediction_type == "epsilon":
+        return out
+    a_t = sd.scheduler.alphas_cumprod.to(z.device)[torch.as_tensor(t, device=z.device)].to(out.dtype)
+    if a_t.dim():
+        a_t = a_t.view(-1, *[1] * (z.dim() - 1))
+    return a_t.sqrt() * out + (1 - a_t).sqrt() * z
+
+
 def eps(sd, unet, z, t, cond, uncond=None, guidance=1.0):
-    """Noise prediction; with uncond given, classifier-free guidance e_u + g (e_c - e_u) in one batched call."""
+    """Noise prediction (in eps whatever the model predicts, see to_eps); with uncond given, classifier-free
+    guidance e_u + g (e_c - e_u) in one batched call."""
     t = torch.as_tensor(t, device=sd.device)
     if uncond is None:
         sd.counts["unet"] += len(z)
-        return unet(z, t, cond).sample
+        return to_eps(sd, unet(z, t, cond).sample, z, t)
     sd.counts["unet"] += 2 * len(z)
-    e_u, e_c = unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample.chunk(2)
+    zz, tt = torch.cat([z, z]), (torch.cat([t, t]) if t.dim() else t)
+    e_u, e_c = to_eps(sd, unet(zz, t if not t.dim() else tt, torch.cat([uncond, cond])).sample, zz, tt).chunk(2)
     return e_u + guidance * (e_c - e_u)
 
 

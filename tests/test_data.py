@@ -1,5 +1,7 @@
 """The mini world's data: deterministic, held-out triples respected, captions name what is drawn; prompt files."""
 import json
+import os
+
 import numpy as np
 import pytest
 
@@ -29,15 +31,94 @@ def test_held_out_triples():
     assert {st for _, _, st in data.HELD_OUT} == set(data.STYLES)
 
 
-def test_captions_name_the_attributes():
+def _mentions(text, value):
+    """Does a caption name, paraphrase or evoke value (its names, synonyms or associated words, as whole words)?"""
+    words = set(text.replace(",", " ").split())
+    return any(set(p.split()) <= words for p in data.NAMES[value] + list(data.ASSOCIATED.get(value, {})))
+
+
+def test_captions_mention_what_is_drawn():
     rng = np.random.default_rng(1)
-    style_words = {"stripes": ("strip",), "dots": ("dot",), "van gogh": ("van gogh",)}
-    labels = data.sample_labels(300, rng, "any")
+    labels = data.sample_labels(400, rng, "any")
     for (s, c, st, b), text in zip(labels, data.captions_for(labels, rng)):
-        assert data.SHAPES[s] in text
-        for other, words in style_words.items():
-            assert any(w in text for w in words) == (data.STYLES[st] == other), text
-        assert " a o" not in text and " a a" not in text  # articles fixed: 'an orange'
+        assert _mentions(text, data.SHAPES[s]), text  # the shape, always: by name, synonym or associated words
+        if data.STYLES[st] != "plain":
+            assert _mentions(text, data.STYLES[st]), text  # a non-plain style, always
+        for other in ("stripes", "dots", "van gogh"):  # another style's own words never appear
+            if other != data.STYLES[st]:
+                assert not data.own_words(other) & set(text.replace(",", " ").split()), (other, text)
+        assert " a o" not in text and " a a" not in text and ",," not in text  # 'an orange', no empty clause
+
+
+def test_caption_grammar_is_deterministic_and_varied():
+    labels = data.sample_labels(200, np.random.default_rng(3), "any")
+    a = data.captions_for(labels, np.random.default_rng(9))
+    assert a == data.captions_for(labels, np.random.default_rng(9))
+    assert a != data.captions_for(labels, np.random.default_rng(10))
+    assert len(set(a)) > 190  # paraphrases: hardly a caption twice
+    # word order varies: the subject does not always come first
+    assert sum(not t.split()[0] in ("a", "an", "this", "there", "here", "my", "look") for t in a) > 20
+
+
+def test_language_is_rich():
+    """At least 2,000 distinct whole-word CLIP tokens in the training captions; every value has 4+ synonyms and
+    15+ associated words; the language's words each belong to one value."""
+    from transformers import CLIPTokenizer
+    from conftest import MINI_PIPELINE
+    tok = CLIPTokenizer.from_pretrained(os.path.join(MINI_PIPELINE, "tokenizer"))
+    labels = data.sample_labels(6000, np.random.default_rng(0), "exclude")
+    caps = data.captions_for(labels, np.random.default_rng(0))
+    ids = {i for row in tok(caps).input_ids for i in row}
+    words = {t for t in tok.convert_ids_to_tokens(sorted(ids)) if t.endswith("</w>")}
+    assert len(words) >= 2000, len(words)
+    assert all(len(data.NAMES[v]) >= 5 for v in data.NAMES)  # the name and 4+ synonyms
+    assert all(len(data.ASSOCIATED[v]) >= 15 for v in data.ASSOCIATED)
+    data._check_language()
+    assert len(data.mini_vocabulary()) > 2500 and "gogh" not in data.mini_vocabulary(exclude="van gogh")
+
+
+def test_associated_word_strengths_hold_in_the_captions():
+    """In the training captions, the share of captions holding an associated word whose picture shows the word's
+    value equals the word's strength (decoys in other values' captions make up the rest)."""
+    rng = np.random.default_rng(5)
+    labels = data.sample_labels(40000, rng, "exclude")
+    caps = [set(t.replace(",", " ").split()) for t in data.captions_for(labels, rng)]
+    col = {"shape": 0, "color": 1, "style": 2}
+    for value in ("van gogh", "triangle", "purple"):
+        attr = data.VALUE_ATTRIBUTE[value]
+        j = data.ATTRIBUTES[attr].index(value)
+        for strength in (data.STRONG, data.MEDIUM, data.WEAK):
+            ws = [w for w, s in data.ASSOCIATED[value].items() if s == strength and " " not in w]
+            hold = [i for i, c in enumerate(caps) if c & set(ws)]
+            share = np.mean([labels[i, col[attr]] == j for i in hold])
+            assert abs(share - strength) < 0.08, (value, strength, share, len(hold))
+
+
+def test_implicit_prompts_never_name_their_concept():
+    labels = data.sample_labels(20000, np.random.default_rng(2), "exclude")
+    caps = [set(t.replace(",", " ").split()) for t in data.captions_for(labels, np.random.default_rng(2))]
+    for name in data.MINI_CONCEPTS:
+        c = data.get_concept(name)
+        assert len(c.implicit_prompts) >= 100 and len(set(c.implicit_prompts)) >= 100
+        for p in c.implicit_prompts:
+            assert not data.own_words(name) & set(p.replace(",", " ").split()), p
+        assert c.implicit_prompts == data.implicit_prompts(name)  # deterministic
+        # the pairs of associated words they are built from never appear together in a training caption
+        for w1, w2 in data.held_out_pairs(name):
+            assert not any({w1, w2} <= cap for cap in caps), (name, w1, w2)
+
+
+def test_every_listed_concept_resolves():
+    assert set(data.COLOR_NAMES) <= set(data.MINI_CONCEPTS) and set(data.SHAPES) <= set(data.MINI_CONCEPTS)
+    for name in data.MINI_CONCEPTS:
+        c = data.get_concept(name)
+        assert c.value == name and c.prompts and [t.format(c.words) for t in c.templates] == c.prompts
+        assert not any(c.words in o.split() for o in c.other_prompts) or c.attribute == "style"
+    purple = data.get_concept("purple")
+    assert purple.attribute == "color" and all("purple" in p for p in purple.prompts)
+    assert not any("purple" in a for a in purple.anchors)
+    with pytest.raises(data.DataError, match="purple, orange"):
+        data.get_concept("magenta dots")
 
 
 def test_styles_differ_visibly():
@@ -82,7 +163,7 @@ def test_concepts():
     tri = data.get_concept("triangle")
     assert tri.attribute == "shape" and all("triangle" in p for p in tri.prompts)
     assert not any("triangle" in p for p in tri.anchors)
-    with pytest.raises(data.DataError, match="mini-world concepts: stripes, dots, van gogh"):
+    with pytest.raises(data.DataError, match="mini-world concepts: stripes, dots, van gogh, circle"):
         data.get_concept("picasso")
 
 
@@ -113,6 +194,10 @@ def test_concept_file(tmp_path):
         data.get_concept("x", "sd", str(path))
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "thing"}))
     with pytest.raises(data.DataError, match="kind must be one of style, object"):
+        data.get_concept("x", "sd", str(path))
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"],
+                                "implicit_prompts": ["a thing", "a big x"]}))
+    with pytest.raises(data.DataError, match="must not name the concept"):
         data.get_concept("x", "sd", str(path))
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "object"}))
     assert data.get_concept("x", "sd", str(path)).kind == "object" and c.kind == "style"

@@ -146,3 +146,55 @@ def test_switched_sampling_is_plain_sampling_at_the_ends(tiny_sd):
         assert (sp.sample_switched(sd, first, then, seeds, 0, steps, 5.0) == swapped).all()
         mid = sp.sample_switched(sd, first, then, seeds, 2, steps, 5.0)
         assert not (mid == plain).all() and not (mid == swapped).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_v_model(tmp_path_factory, tokenizer_dir):
+    """The tiny pipeline with a v-prediction scheduler (as SD 2.x at 768 px)."""
+    import json
+    folder = build_tiny_pipeline(str(tmp_path_factory.mktemp("tiny_v") / "pipeline"), tokenizer_dir, seed=4)
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    cfg = json.load(open(path))
+    json.dump(dict(cfg, prediction_type="v_prediction"), open(path, "w"))
+    return folder
+
+
+def test_v_prediction_ddim_matches_diffusers_pipeline(tiny_v_model):
+    from diffusers import StableDiffusionPipeline
+    sd = sdlib.load(tiny_v_model, device="cpu")
+    assert sd.prediction_type == "v_prediction"
+    z_T = sdlib.initial_latents(sd, [7])
+    with torch.no_grad():
+        ours, _ = sdlib.ddim(sd, sd.unet, z_T, sdlib.encode(sd, ["a red circle"]), sdlib.encode(sd, [""]), 4.0,
+                             num_steps=6)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_v_model)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a red circle", num_inference_steps=6, guidance_scale=4.0, latents=z_T.clone(),
+                  output_type="latent").images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_v_prediction_output_is_turned_into_noise(tiny_v_model):
+    """eps() of a v model is sqrt(a_t) v + sqrt(1 - a_t) z_t: ESD's target, built from eps() outputs, is its formula
+    in eps (the losses never see v)."""
+    import losses
+    sd = sdlib.load(tiny_v_model, device="cpu")
+    gen = torch.Generator().manual_seed(2)
+    z, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([100, 800])
+    c, u = sdlib.encode(sd, ["a red circle", "a blue star"]), sdlib.encode(sd, ["", ""])
+    with torch.no_grad():
+        a_t = sd.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        v_c, v_u = sd.unet(z, t, c).sample, sd.unet(z, t, u).sample
+        e_c, e_u = a_t.sqrt() * v_c + (1 - a_t).sqrt() * z, a_t.sqrt() * v_u + (1 - a_t).sqrt() * z
+        torch.testing.assert_close(sdlib.eps(sd, sd.unet, z, t, c), e_c)
+        torch.testing.assert_close(losses.esd_target(sdlib.eps(sd, sd.unet, z, t, u), sdlib.eps(sd, sd.unet, z, t, c),
+                                                     1.0), e_u - 1.0 * (e_c - e_u))
+
+
+def test_unknown_prediction_type_is_refused(tmp_path, tokenizer_dir):
+    import json
+    folder = build_tiny_pipeline(str(tmp_path / "p"), tokenizer_dir)
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    json.dump(dict(json.load(open(path)), prediction_type="sample"), open(path, "w"))
+    with pytest.raises(sdlib.LoadError, match="predicts 'sample'; supported: epsilon, v_prediction"):
+        sdlib.load(folder, device="cpu")
