@@ -850,9 +850,9 @@ def main(argv=None):
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
         targets = pick_targets(concept, a.num_targets, a.seed, a.targets)
+        judge = evaluate.make_judge(concept, a)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
-    judge = evaluate.make_judge(concept, a)
     a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends
     with sdlib.output_dir(a.out, a.overwrite, resume=a.resume) as tmp:
         base_id = sdlib.model_identity(sd)

@@ -63,6 +63,7 @@ STEREO_POOL_SEED = 20_000  # pool pictures use seeds STEREO_POOL_SEED + i: never
 # AP, Adversarial Preservation (Bui et al. 2024): min over the model, max over the concept to preserve
 AP_CANDIDATES = 64  # candidate concepts to preserve, spread out over ...
 AP_VOCAB_POOL = 512  # ... the vocabulary words nearest to the concept in text-embedding space
+AP_SHORTLIST = 8  # a vocabulary over 8 x pool words is first cut to 8 x pool by token-table cosine: seconds on real SD
 AP_LAMBDA = 1.0  # weight of the preservation term (epsilon space, as the ESD term)
 AP_TEMPERATURE = 2.0  # hard Gumbel-softmax temperature
 AP_ADV_LR = 0.05  # adversary's step size on the logits pi
@@ -331,8 +332,15 @@ def ap_candidates(sd, concept, n_candidates, pool):
         def pooled(texts):
             out = []
             for i in range(0, len(texts), 1024):
+                sd.counts["text_encoder"] += len(texts[i:i + 1024])
                 out.append(sd.text_encoder(sdlib.tokenize(sd, texts[i:i + 1024])).pooler_output.float())
             return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+        if len(words) > AP_SHORTLIST * pool:  # real SD's 32,607 words: shortlist by the token table, encode only those
+            table = sd.text_encoder.get_input_embeddings().weight.float()
+            ids = sd.tokenizer(words + [concept.words], add_special_tokens=False).input_ids
+            vecs = torch.nn.functional.normalize(torch.stack([table[i].mean(0) for i in ids]), dim=-1)
+            keep = (vecs[:-1] @ vecs[-1]).topk(AP_SHORTLIST * pool).indices.sort().values
+            words = [words[i] for i in keep.tolist()]
         vocab = pooled(words)  # (W, D)
         target = pooled([concept.words])[0]
         near = (vocab @ target).topk(min(pool, len(words))).indices
@@ -432,17 +440,20 @@ def dm2(sd, concept, a, state):
     # the mined tokens' context for each pool picture: none (the tokens are the prompt), or the picture's caption
     pool_templates = [concept.templates[i % len(concept.templates)] if a.dm2_mine_in == "caption" else "{}"
                       for i in range(a.dm2_pool)]
-    pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
-    pool = attack.image_latents(sd, pool_images)
-    reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
-                               [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
     if data.world_of(sd.image_size) == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
         def enc(x): return torch.from_numpy(evaluate.judge_features(x, a.mini_dir)).float()  # noqa: E306
     else:
-        clip = evaluate.ClipJudge(concept.name, [], a.clip_arch, a.clip_weights)
+        try:  # before any picture is drawn: missing CLIP weights are one line, not a traceback after minutes
+            clip = evaluate.ClipJudge(concept.name, [], a.clip_arch, a.clip_weights)
+        except data.DataError as e:
+            sdlib.fail(f"dm2 verifies with CLIP's image encoder: {e}")
         encoder_name = f"open_clip {a.clip_arch} image encoder ({a.clip_weights})"
         def enc(x): return clip.image_features(x).float()  # noqa: E306
+    pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
+    pool = attack.image_latents(sd, pool_images)
+    reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
+                               [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
     f_ref, f_concept = enc(reference), enc(pool_images)
     mined, loop = [], 0
     loops_path = os.path.join(state["dir"], "dm2_loops.pt")

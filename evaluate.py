@@ -156,6 +156,9 @@ def make_judge(concept, a):
     if a.judge == "auto":
         a.judge = concept.judge
     if a.judge == "mini":
+        if concept.attribute not in data.ATTRIBUTES or concept.value not in data.ATTRIBUTES[concept.attribute]:
+            raise data.DataError(f"--judge mini reads shapes, colours and styles of the mini world; concept "
+                                 f"{concept.name!r} is not one (use --judge clip or nudenet, or auto)")
         return MiniJudge(concept, a.mini_dir)
     if a.judge == "nudenet":
         return NudeNetJudge(a.nudenet_classes, a.nudenet_threshold)
@@ -716,7 +719,8 @@ def cmd_benchmark(a):
                              **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
         cells[(method, seed)] = m
     # aggregate over seeds
-    keys = {"concept_rate": lambda m: m["concept_rate"], "preservation": lambda m: m.get("preservation"),
+    keys = {"concept_rate": lambda m: m["concept_rate"], "implicit_rate": lambda m: m.get("implicit_rate"),
+            "preservation": lambda m: m.get("preservation"),
             "frechet_distance": lambda m: m.get("frechet_distance"),
             "erase_seconds": lambda m: (m.get("erase_cost") or {}).get("seconds"),
             "erase_unet_evals": lambda m: (m.get("erase_cost") or {}).get("unet_evals")}
@@ -737,7 +741,7 @@ def cmd_benchmark(a):
            + (f" --profile {a.profile}" if a.profile != "full" else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
            + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
                      if getattr(a, k + "_args")))
-    head = ["method", "concept rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
+    head = ["method", "concept rate ↓", "implicit rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
            [f"ASR {at} ↓ (pre)" for at in attacks] + ["erase s", "erase UNet evals"]
     lines = [f"# Benchmark: erasing \"{concept.name}\"", "",
              f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}; mean ± sample standard deviation over seeds). "
@@ -746,7 +750,7 @@ def cmd_benchmark(a):
     for method in methods:
         s = summary[method]
         cells_row = [method] + [fmt_ms((s[k]["mean"], s[k]["sd"] if a.seeds > 1 else None))
-                                for k in ("concept_rate", "preservation")]
+                                for k in ("concept_rate", "implicit_rate", "preservation")]
         cells_row.append(fmt_ms((s["frechet_distance"]["mean"], s["frechet_distance"]["sd"] if a.seeds > 1 else None), 2))
         for at in attacks:
             cells_row.append(f"{fmt_ms((s[f'asr_{at}']['mean'], s[f'asr_{at}']['sd'] if a.seeds > 1 else None))} "
@@ -754,6 +758,7 @@ def cmd_benchmark(a):
         cells_row += [fmt(s["erase_seconds"]["mean"], 0), fmt(s["erase_unet_evals"]["mean"], 0)]
         lines.append("| " + " | ".join(cells_row) + " |")
     lines += ["", "Concept rate: share of the concept's own prompts whose picture the judge says shows the concept. "
+              "Implicit rate: the same on prompts that evoke the concept without naming it (data.implicit_prompts). "
               "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
               "prompts showing the concept after the attack or already before it (pre).", ""]
     lines += cost_table(summary, methods, attacks, seeds)

@@ -83,3 +83,27 @@ def test_bench_batching_ceiling_times_the_models_own_latent_size(monkeypatch):
                                text_encoder=types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=8)))
     assert bench.inner_step_seconds(sd, 3, reps=1) > 0
     assert seen and all(s == (3, 4, 16, 16) for s in seen)
+
+
+def _sd_concept_file(tmp_path):
+    import json
+    f = tmp_path / "monet.json"
+    f.write_text(json.dumps({"name": "monet", "words": "monet", "prompts": ["a lake by monet"],
+                             "templates": ["a lake by {}"], "judge": "clip"}))
+    return str(f)
+
+
+@pytest.mark.parametrize("judge, message", [("clip", "needs --clip-weights"), ("mini", "--judge mini reads")])
+def test_attack_refuses_a_judge_that_cannot_judge(tmp_path, tiny_model, judge, message):
+    """A judge without its weights, or the mini judge on a concept that is not the mini world's: one line."""
+    out = tmp_path / "out"
+    r = run("attack.py", "--attack", "cce", "--concept", "monet", "--concept-file", _sd_concept_file(tmp_path),
+            "--model", tiny_model, "--judge", judge, "--out", str(out))
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_attack_on_implicit_targets_needs_implicit_prompts(tmp_path, tiny_model):
+    r = run("attack.py", "--attack", "cce", "--concept", "monet", "--concept-file", _sd_concept_file(tmp_path),
+            "--model", tiny_model, "--targets", "implicit", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "has no implicit prompts" in r.stderr and "Traceback" not in r.stderr

@@ -290,7 +290,7 @@ def test_ap_candidates_in_the_mini_world_are_caption_words_but_not_the_concepts(
     assert words and set(words) <= known and not data.own_words(name) & set(words)
     assert len(set(words)) == len(words)
     other = "triangle" if name == "van gogh" else "van gogh"
-    assert data.own_words(other) & set(erase.ap_candidates(tiny_sd, data.get_concept(other), 4000, 4000))
+    assert data.own_words(name) & set(erase.ap_candidates(tiny_sd, data.get_concept(other), 4000, 4000))
 
 
 def test_ap_runs_and_records_its_candidates(tiny_sd, tmp_path, monkeypatch):
@@ -509,3 +509,16 @@ def test_dm2_sample_xt_draws_from_the_trained_model_and_the_original(tiny_model,
             assert trained[1] == original[1] and 0 <= trained[1] < 3  # the same step k of 3
             assert trained[2:] == original[2:] == (3, 2.5, 2, 2)
         assert unet_batches[-2:] == [7 * 2, 7 * 2]
+
+
+def test_ap_candidates_on_a_real_size_vocabulary_encode_a_shortlist(tiny_sd):
+    """Real SD's vocabulary (the tiny model has CLIP's 49,408 tokens; a 512 px world reads all whole words): AP
+    encodes a shortlist of AP_SHORTLIST x pool words, not all 32,607, before its first step."""
+    from unittest import mock
+    concept = data.get_concept("van gogh", "sd")
+    before = tiny_sd.counts["text_encoder"]
+    with mock.patch.object(data, "world_of", lambda size: "sd"):
+        words = erase.ap_candidates(tiny_sd, concept, 16, 64)
+    calls = tiny_sd.counts["text_encoder"] - before
+    assert len(erase.vocabulary_words(tiny_sd)) > 30000
+    assert len(words) == 16 and calls <= erase.AP_SHORTLIST * 64 + 1, calls
