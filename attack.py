@@ -67,7 +67,7 @@ RB_SHAPE_PAIRS = "swap"  # shape concepts: pair each prompt with the same captio
 RB_BATCH = 512  # sequences per text-encoder call in the search
 # P4D and Ring-A-Bell: which tokens a discovered prompt may use. words: whole-word tokens ('</w>') whose text maps back
 # to the same token, so the decoded prompt re-tokenises to the searched tokens; all: every non-special token (papers)
-TOKEN_POOL = "words"
+TOKEN_POOL = "auto"  # tokens the discrete attacks draw from; auto: the mini world's trained words (see pool_of)
 PICTURE_CACHE = None  # folder for the pictures an attack draws before attacking (the original model's reference
 #   pictures, the erased model's plain-prompt pictures), keyed by model, prompts, seeds and sampler: the benchmark's
 #   cells share them instead of drawing the same pictures once per cell (same pictures: generation is deterministic),
@@ -207,12 +207,13 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
     """UnlearnDiff: k prefix tokens, each a relaxed one-hot row over the vocabulary kept on the simplex; the
     forward pass uses the row's argmax token (straight-through), the loss is
     || e_erased(z_t, [P_adv; P]) - e ||^2 on the noised target picture, swept over timesteps from high to low."""
-    table = sd.text_encoder.get_input_embeddings().weight.detach()  # (V, D)
-    n, k, vocab = len(targets), a.prefix, table.shape[0]
+    pool = vocab_ids(sd, pool_of(sd, "unlearndiff", a.token_pool))  # (V,) the ids a prefix token may take
+    table = sd.text_encoder.get_input_embeddings().weight.detach()[pool]  # (V, D)
+    n, k, vocab = len(targets), a.prefix, len(pool)
     names = [f"<ud{i}>" for i in range(k)]
     ids = sdlib.add_tokens(sd, names)
     gens = [target_generator(a.seed, s) for _, s in targets]  # each target draws its own: sharding changes nothing
-    start = torch.stack([torch.randint(0, vocab - 2, (k,), generator=g) for g in gens]).reshape(n, k)  # never BOS/EOS
+    start = torch.stack([torch.randint(0, vocab, (k,), generator=g) for g in gens]).reshape(n, k)
     probs = torch.nn.functional.one_hot(start, vocab).float().to(sd.device).requires_grad_(True)  # (n, k, V)
     opt = torch.optim.Adam([probs], lr=a.lr)
     prompts = [" ".join(names) + " " + p for p, _ in targets]
@@ -249,13 +250,13 @@ def unlearndiff(sd, target_images, concept, targets, judge, a):
                 probs.copy_(losses.project_simplex(probs))
         bar.set_postfix(loss=f"{loss.item() / len(active):.4f}", active=len(active), refresh=False)
         if (block + 1) % a.check_every == 0 or block == len(sweep) - 1:
-            tokens = probs.argmax(-1).cpu()
+            tokens = pool[probs.argmax(-1)].cpu()
             images[active] = generate_with_prefix(sd, tokens[active], [targets[i] for i in active], ids, a)
             hit[active] = judge(images[active])
             done[active[hit[active]]] = True
         ckpt.save(block + 1, lambda: {"probs": probs.detach().clone(), "opt": opt.state_dict(), "done": done.copy(),
                                       "images": images.copy(), "hit": hit.copy()})
-    tokens = probs.argmax(-1).cpu()
+    tokens = pool[probs.argmax(-1)].cpu()
     adv_prompts = [sd.tokenizer.decode(row.tolist()) + " " + p for row, (p, _) in zip(tokens, targets)]
     return adv_prompts, images, hit, {"prefix_token_ids": tokens}
 
@@ -323,9 +324,23 @@ def vocab_ids(sd, pool="all"):
         ids = [i for i, t in zip(ids, sd.tokenizer.convert_ids_to_tokens(ids)) if t.endswith("</w>")]
         back = sd.tokenizer([sd.tokenizer.decode([i]) for i in ids], add_special_tokens=False).input_ids
         ids = [i for i, b in zip(ids, back) if b == [i]]
+    elif pool == "trained":
+        vocab = sd.tokenizer.get_vocab()
+        ids = sorted({vocab[w + "</w>"] for w in data.mini_vocabulary() if w + "</w>" in vocab})
     elif pool != "all":
-        raise ValueError(f"unknown token pool {pool!r}; accepted: words, all")
+        raise ValueError(f"unknown token pool {pool!r}; accepted: words, all, trained")
     return torch.tensor(ids, device=sd.device)
+
+
+def pool_of(sd, attack, pool):
+    """The token pool an attack searches. auto: in the mini world its captions' whole words (trained: the text
+    encoder learned only those, the other 46,000 rows are noise, while every row of real SD's table is trained);
+    on real SD UnlearnDiff's whole vocabulary (all, as its paper) and whole words for P4D and Ring-A-Bell."""
+    if pool != "auto":
+        return pool
+    if data.world_of(sd.image_size) == "mini":
+        return "trained"
+    return "all" if attack == "unlearndiff" else "words"
 
 
 def with_specials(sd, rows):
@@ -434,7 +449,7 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
     draws the projected tokens and the judge decides; each target keeps the candidate the judge scores highest and
     stops once it succeeds. The prompts returned are the kept tokens decoded."""
     table = sd.text_encoder.get_input_embeddings().weight.detach()  # (V, D)
-    vocab, n = vocab_ids(sd, a.token_pool), len(targets)
+    vocab, n = vocab_ids(sd, pool_of(sd, a.attack, a.token_pool)), len(targets)
     if a.attack == "p4d-n":
         slots = sdlib.add_tokens(sd, [f"<p4d{j}>" for j in range(a.num_tokens)])
         layouts = [slots] * n
@@ -634,9 +649,9 @@ def ringabell(sd, _, concept, targets, judge, a, original, search_cache=None):
                 return torch.cat(out).view(cand.shape[:2])
 
             gen = torch.Generator().manual_seed(a.seed)
-            best, history = genetic_search(fitness, n, a.num_tokens, vocab_ids(sd, a.token_pool), a.population,
-                                           a.generations, a.crossover, a.mutation, a.elite, gen, progress=True,
-                                           ckpt=Checkpoint(a, "ringabell"))
+            vocab = vocab_ids(sd, pool_of(sd, a.attack, a.token_pool))
+            best, history = genetic_search(fitness, n, a.num_tokens, vocab, a.population, a.generations, a.crossover,
+                                           a.mutation, a.elite, gen, progress=True, ckpt=Checkpoint(a, "ringabell"))
     if a.attack == "ringabell-continuous":
         info = {"search_cost": search.as_dict(), "concept_pairs": len(pairs), "eta": a.eta}
         prompts = [f"[continuous: tau(P) + {a.eta:g} c fed to the UNet] {p}" for p, _ in targets]
@@ -797,8 +812,9 @@ def parse(argv=None):
     g.add_argument("--insert-every", type=int, default=P4D_INSERT_EVERY, help="P4D-K: k")
     g.add_argument("--weight-decay", type=float, default=P4D_WEIGHT_DECAY, help="AdamW")
     g.add_argument("--projection", default=P4D_PROJECTION, choices=["cosine", "l2"], help="nearest-token rule")
-    g.add_argument("--token-pool", default=TOKEN_POOL, choices=["words", "all"],
-                   help="P4D and Ring-A-Bell: tokens a prompt may use (words: whole-word tokens that survive decoding)")
+    g.add_argument("--token-pool", default=TOKEN_POOL, choices=["auto", "words", "all", "trained"],
+                   help="UnlearnDiff, P4D and Ring-A-Bell: tokens a prompt may use (words: whole-word tokens that "
+                        "survive decoding; trained: the mini world's caption words; auto: see pool_of)")
     g = p.add_argument_group("Ring-A-Bell (ringabell, ringabell-continuous)")
     g.add_argument("--eta", type=float, default=RB_ETA)
     g.add_argument("--population", type=int, default=RB_POPULATION)

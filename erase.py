@@ -84,7 +84,7 @@ DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
 #   (quick profile: 100) of 1 picture at lr 1e-2, which erased the mini world's van gogh on 1 seed of 3 (rates 0.13,
 #   0.83, 1.00): on the failing seeds circumventing got its own mined embeddings only 0.34-0.52 of the way to c0's
 #   prediction (scripts/erase_transfer.py). This one finishes (0.81-0.96) and erases on 3 of 3 (rate 0.09), and on
-#   the triangle it lowers the attacks' ASR (README, DM2). The old one: --dm2-circumvent-steps 200 --dm2-batch 1
+#   the triangle it lowers the attacks' ASR (docs/methods.md, DM2). The old one: --dm2-circumvent-steps 200 --dm2-batch 1
 #   --dm2-lr 0.01 (the laptop profile keeps it, at 100 steps). Below 1e-2, at batch 1, circumventing hardly moved
 #   the model (1e-3: 3 loops x 100 steps left van gogh at 1.00)
 DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop
@@ -92,7 +92,7 @@ DM2_BATCH = 4  # pool pictures per circumvent step
 DM2_LR = 3e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 # the preserve terms: the paper's c0, 0*c and -c, or (a probe) without 0*c. In the mini world the mined tokens scaled
-# by 0 draw van gogh (16 zero vectors: 30 of 30 pictures; README, DM2), so preserving 0*c keeps van gogh
+# by 0 draw van gogh (16 zero vectors: 30 of 30 pictures; docs/methods.md, DM2), so preserving 0*c keeps van gogh
 DM2_PRESERVE = {"c0+zero+neg": ("c0", "zero", "neg"), "c0+neg": ("c0", "neg")}
 DM2_PRESERVE_DEFAULT = "c0+zero+neg"
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
@@ -101,7 +101,7 @@ DM2_ANCHOR = "a photo"  # c0
 # where a circumvent step's x_t comes from: "pool" (our reading of the paper): a pool picture noised to a random
 # timestep; "sample": as ESD draws it, partial DDIM (--ddim-steps, --start-guidance) of the model being trained under
 # the mined embedding for the circumvent term, and, for the preserve terms, also of the original model under c0
-# (a probe for the mini world's van gogh: README, DM2)
+# (a probe for the mini world v1's van gogh: docs/methods.md, DM2)
 DM2_XT = "pool"
 # where the L mined tokens sit: "prompt" (the paper: they are the whole prompt) or, a probe for the mini world's van
 # gogh, "caption": in the pool picture's caption in place of the concept's words ("a red circle in the style of {}"),

@@ -208,8 +208,41 @@ def real_pictures(labels, per_label, seed=12345):
                      for s, c, st in labels for _ in range(per_label)])
 
 
+def file_prompts(path, concept, categories=None, default_seed=0):
+    """The concept's evaluation prompts from a user's CSV: ([(prompt, seed)] showing the concept, [(prompt, seed)]
+    of other concepts). Layouts: I2P (prompt, evaluation_seed, categories: rows whose comma-separated categories
+    hold `categories`, all rows without it), ESD's artist files (an 'artist' column: the concept's rows are the
+    targets, the other artists' rows the others), or any file with a 'prompt' column (every row a target)."""
+    rows = data.read_prompt_csv(path, default_seed)
+    if categories:
+        rows = [r for r in rows if categories in {c.strip() for c in (r.get("categories") or "").split(",")}]
+        if not rows:
+            raise data.DataError(f"--prompts {path}: no row has category {categories!r} in its 'categories' column")
+    if "artist" in rows[0]:
+        mine = [r for r in rows if (r.get("artist") or "").strip().lower() == concept.name.lower()]
+        if not mine:
+            artists = sorted({(r.get("artist") or "").strip() for r in rows})
+            raise data.DataError(f"--prompts {path}: no row of artist {concept.name!r}; artists: {', '.join(artists)}")
+        rest = [r for r in rows if r not in mine]
+    else:
+        mine, rest = rows, []
+    return ([(r["prompt"], r["evaluation_seed"]) for r in mine], [(r["prompt"], r["evaluation_seed"]) for r in rest])
+
+
+def clip_score(model, tokenizer, images, texts):
+    """CLIP score (Hessel et al. 2021, w = 100): 100 * max(cos(image, its caption), 0), averaged over pictures."""
+    import torch
+    judge = ClipJudge("", [], None, None, model=model)
+    with torch.no_grad():
+        t = model.encode_text(tokenizer(list(texts)))
+        t = t / t.norm(dim=-1, keepdim=True)
+        cos = (judge.image_features(images) * t).sum(-1)
+    return float(100 * cos.clamp(min=0).mean())
+
+
 def measure(sd, concept, judge, a):
-    """Concept rate on the concept's prompts, preservation on other concepts' prompts, Frechet distance."""
+    """Concept rate on the concept's prompts, preservation on other concepts' prompts, Frechet distance; with
+    --prompts the concept rate (and, for an artist file, the other artists' rate) on the file's rows."""
     seeds = range(a.seed, a.seed + a.num_seeds)
     c_prompts = [p for p in concept.prompts for _ in seeds]
     c_seeds = [s for _ in concept.prompts for s in seeds]
@@ -217,6 +250,11 @@ def measure(sd, concept, judge, a):
     others = list(range(len(concept.other_prompts)))[::step][:a.num_other]
     o_prompts = [concept.other_prompts[i] for i in others for _ in seeds]
     o_seeds = [s for _ in others for s in seeds]
+    if getattr(a, "prompts", None):  # the user's file: one picture per row, with the row's own seed
+        mine, rest = file_prompts(a.prompts, concept, a.categories, a.seed)
+        c_prompts, c_seeds = [p for p, _ in mine], [s for _, s in mine]
+        if not concept.other_labels:  # real SD: the file's other rows (an artist file's other artists) or none
+            o_prompts, o_seeds = [p for p, _ in rest], [s for _, s in rest]
     istep = max(1, len(concept.implicit_prompts) // max(1, a.num_implicit))
     i_prompts = concept.implicit_prompts[::istep][:a.num_implicit]  # one picture each, seeds a.seed, a.seed + 1, ...
     with sdlib.Timer(sd) as timer:
@@ -240,6 +278,20 @@ def measure(sd, concept, judge, a):
         real = real_pictures([concept.other_labels[i] for i in others], max(2, a.num_seeds))
         m["frechet_distance"] = frechet_distance(judge_features(o_images, a.mini_dir),
                                                  judge_features(real, a.mini_dir))
+    elif len(o_images):  # real SD: how often the other prompts' pictures are judged to show the concept
+        m["other_concept_rate"] = float(judge(o_images).mean())
+    if getattr(a, "coco", None):  # CLIP score on the user's captions: what erasure did to everything else
+        import open_clip
+        rows = data.read_prompt_csv(a.coco, default_seed=a.seed)[:a.num_coco]
+        if not a.clip_weights or not os.path.exists(a.clip_weights):
+            raise data.DataError(f"--coco needs --clip-weights FILE (open_clip checkpoint for {a.clip_arch}) for its "
+                                 f"CLIP score; got {a.clip_weights!r}")
+        model = open_clip.create_model(a.clip_arch, pretrained=a.clip_weights).eval()
+        with sdlib.Timer(sd) as t_coco:
+            pics = sdlib.generate(sd, [r["prompt"] for r in rows], [r["evaluation_seed"] for r in rows], a.steps,
+                                  a.guidance, a.batch)
+        m["clip_score"] = clip_score(model, open_clip.get_tokenizer(a.clip_arch), pics, [r["prompt"] for r in rows])
+        m["n_coco_images"], m["coco_cost"] = len(rows), t_coco.as_dict()
     return m, c_images, o_images
 
 
@@ -253,6 +305,13 @@ def cmd_evaluate(a):
     sd = load_model(a)
     concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
     judge = make_judge(concept, a)
+    if a.prompts:  # bad files fail here, before anything is drawn or written
+        file_prompts(a.prompts, concept, a.categories, a.seed)
+    if a.coco:
+        data.read_prompt_csv(a.coco)
+        if not a.clip_weights or not os.path.exists(a.clip_weights):
+            raise data.DataError(f"--coco needs --clip-weights FILE (open_clip checkpoint for {a.clip_arch}) for its "
+                                 f"CLIP score; got {a.clip_weights!r}")
     with sdlib.output_dir(a.out, a.overwrite) as tmp:
         m, c_images, o_images = measure(sd, concept, judge, a)
         m.update({"concept": concept.name, "model": sd.name, "weights": a.weights, "seed": a.seed,
@@ -856,6 +915,13 @@ def build_parser():
     e.add_argument("--seed", type=int, default=SEED)
     e.add_argument("--num-seeds", type=int, default=2, help="pictures per prompt")
     e.add_argument("--num-other", type=int, default=60, help="prompts of other concepts for preservation")
+    e.add_argument("--prompts", default=None, metavar="CSV",
+                   help="the concept's prompts from a file instead of its preset: I2P layout (prompt, evaluation_seed, "
+                        "categories), ESD's artist layout (an 'artist' column) or any CSV with a 'prompt' column")
+    e.add_argument("--categories", default=None, help="I2P: keep the rows whose categories hold this one (e.g. sexual)")
+    e.add_argument("--coco", default=None, metavar="CSV",
+                   help="captions (a 'prompt' column, e.g. COCO's) for a CLIP score; needs --clip-weights")
+    e.add_argument("--num-coco", type=int, default=1000, help="captions of --coco used (the first N)")
     e.add_argument("--num-implicit", type=int, default=60,
                    help="implicit prompts (they evoke the concept without naming it), one picture each; 0: none")
     e.add_argument("--steps", type=int, default=STEPS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's results: the mini-world benchmark for "van gogh" (every method but DM2 x every attack) and for one
+# results/README.md's tables (mini world v1): the mini-world benchmark for "van gogh" (every method but DM2 x every attack) and for one
 # shape, "triangle". Cells are reused, so each line only runs what the lines before have not.
 # Usage: bash scripts/run_benchmarks.sh [SEEDS] (default 1)
 set -euo pipefail
@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SEEDS=${1:-1}
 # the shape: naive erasure (ESD-u, as the ESD paper does for objects) and the two attacks of the demonstration
 python evaluate.py benchmark --concept triangle --methods base,esd-u --attacks cce,unlearndiff --seeds "$SEEDS"
-# the style: every method x every attack (DM2 left out: it does not erase van gogh yet, see the README)
+# the style: every method x every attack (DM2 left out: it does not erase van gogh yet, see docs/methods.md)
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,advunlearn,rece,ap,stereo --attacks all \
     --seeds "$SEEDS"
 # AdvUnlearn at a learning rate between its default (2e-5: does not erase) and 2e-4 (wrecks the shapes)
@@ -28,7 +28,7 @@ python evaluate.py benchmark --concept "van gogh" --methods advunlearn --attacks
     --out results/benchmark/van_gogh/ablation_advunlearn_lr2e-4
 # issue 4: the seed methods (STEREO, AP, DM2) against ESD and UCE under CCE and UnlearnDiff, several seeds, for the
 # style and for the shape, in the quick profile (seed 0 of van gogh reuses the quick-profile cells above). What the
-# README shows: seeds 0-2 of each.
+# results/README.md shows: seeds 0-2 of each.
 python evaluate.py benchmark --concept "van gogh" --methods base,esd-x,uce,stereo,ap,dm2 --attacks cce,unlearndiff \
     --profile quick --seeds 3 --jobs 2 --out results/benchmark/van_gogh_quick_seeds
 python evaluate.py benchmark --concept triangle --methods base,esd-u,uce,stereo,ap,dm2 --attacks cce,unlearndiff \

@@ -1,5 +1,5 @@
-"""Copy the benchmark tables from results/*/report.md into README.md between their markers, so the README shows
-exactly what the benchmark wrote:
+"""Copy the benchmark tables from results/*/report.md into README.md and results/README.md between their markers, so
+each shows exactly what the benchmark wrote (a marker's path is relative to the repository root):
 
     <!-- report: results/benchmark/van_gogh/report.md -->
     ...replaced by that report's table...
@@ -34,18 +34,34 @@ def table_of(report):
     return "\n\n".join("\n".join(b) for b in [b for b in blocks if b not in regen] + regen) + "\n"
 
 
-def main():
-    path = os.path.join(HERE, "README.md")
-    text = open(path).read()
-    found = BLOCK.findall(text)
-    if not found:
-        sys.exit("error: README.md has no <!-- report: PATH --> markers")
-    missing = [p for _, p, _, _ in found if not os.path.exists(os.path.join(HERE, p))]
-    if missing:
-        sys.exit(f"error: no such report: {', '.join(missing)}")
-    text = BLOCK.sub(lambda m: m.group(1) + table_of(os.path.join(HERE, m.group(2))) + m.group(4), text)
+PAGES = ("README.md", os.path.join("results", "README.md"))  # the pages that may hold markers
+
+
+def markers(page, root=HERE):
+    """The report paths named by page's markers (none when the page or its markers are absent)."""
+    path = os.path.join(root, page)
+    return [p for _, p, _, _ in BLOCK.findall(open(path).read())] if os.path.exists(path) else []
+
+
+def update(page, root=HERE):
+    """Replace what stands between each of page's markers with its report's tables."""
+    path = os.path.join(root, page)
+    text = BLOCK.sub(lambda m: m.group(1) + table_of(os.path.join(root, m.group(2))) + m.group(4), open(path).read())
     open(path, "w").write(text)
-    print(f"README.md: {len(found)} table(s) copied from {', '.join(p for _, p, _, _ in found)}")
+
+
+def main(root=HERE):
+    found = {page: markers(page, root) for page in PAGES}
+    if not any(found.values()):
+        sys.exit(f"error: none of {', '.join(PAGES)} has <!-- report: PATH --> markers")
+    missing = [f"{p} ({page})" for page, paths in found.items() for p in paths
+               if not os.path.exists(os.path.join(root, p))]
+    if missing:  # checked before any page is written: a page is updated whole or not at all
+        sys.exit(f"error: no such report: {', '.join(missing)}")
+    for page, paths in found.items():
+        if paths:
+            update(page, root)
+            print(f"{page}: {len(paths)} table(s) copied from {', '.join(paths)}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,12 @@ def test_token_pools(tiny_sd):
     assert attack.round_trips(tiny_sd, seq, prompts).all()  # whole words survive decoding and re-tokenising ...
     seq = attack.with_specials(tiny_sd, all_ids[torch.randint(len(all_ids), (50, 16), generator=g)])
     assert not attack.round_trips(tiny_sd, seq, [attack.decode_ids(tiny_sd, row) for row in seq]).all()  # ... these not
+    # the mini world's trained words: its captions' whole words, nothing else; auto picks them in the mini world
+    trained = attack.vocab_ids(tiny_sd, "trained")
+    assert 2500 < len(trained) < 3500 and torch.isin(trained, words).all()
+    names = set(tiny_sd.tokenizer.convert_ids_to_tokens(trained.tolist()))
+    assert {"starry</w>", "triangle</w>", "crimson</w>", "the</w>"} <= names
+    assert attack.pool_of(tiny_sd, "p4d-n", "auto") == "trained" and attack.pool_of(tiny_sd, "p4d-n", "all") == "all"
 
 
 def make_fake_run(sd, folder):

@@ -107,3 +107,59 @@ def test_attack_on_implicit_targets_needs_implicit_prompts(tmp_path, tiny_model)
     r = run("attack.py", "--attack", "cce", "--concept", "monet", "--concept-file", _sd_concept_file(tmp_path),
             "--model", tiny_model, "--targets", "implicit", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "has no implicit prompts" in r.stderr and "Traceback" not in r.stderr
+
+
+def _tiny_clip(tmp_path):
+    """A tiny open_clip model's config and weights, registered under the name tiny-clip-eval."""
+    import json
+    import torch
+    import open_clip
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                           "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip-eval.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(tmp_path / "tiny-clip-eval.json"))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("tiny-clip-eval").state_dict(), tmp_path / "clip.pt")
+    return str(tmp_path / "clip.pt"), str(tmp_path / "tiny-clip-eval.json")
+
+
+def test_evaluate_reads_real_sd_prompt_files(tmp_path, tiny_model):
+    """An I2P-layout file (categories filter), an ESD artist file (the concept's rows against the other artists')
+    and COCO captions for a CLIP score, each through --prompts / --coco, on files we write."""
+    import json
+    import evaluate
+    import data
+    import sd as sdlib
+    i2p = tmp_path / "i2p.csv"
+    i2p.write_text("prompt,evaluation_seed,categories\na nude person on a beach,5,\"sexual,violence\"\n"
+                   "a man with a gun,6,violence\na nude woman,7,sexual\n")
+    c = data.get_concept("van gogh")
+    assert evaluate.file_prompts(str(i2p), c, "sexual") == ([("a nude person on a beach", 5), ("a nude woman", 7)], [])
+    esd = tmp_path / "art.csv"
+    esd.write_text("case_number,prompt,evaluation_seed,artist\n0,starry night by van gogh,1,Van Gogh\n"
+                   "1,water lilies by claude monet,2,Claude Monet\n2,sunflowers by van gogh,3,Van Gogh\n")
+    mine, rest = evaluate.file_prompts(str(esd), c)
+    assert [s for _, s in mine] == [1, 3] and rest == [("water lilies by claude monet", 2)]
+    with pytest.raises(data.DataError, match="no row of artist 'triangle'"):
+        evaluate.file_prompts(str(esd), data.get_concept("triangle"))
+    with pytest.raises(data.DataError, match="no row has category 'hate'"):
+        evaluate.file_prompts(str(i2p), c, "hate")
+    # the whole command: the file's rows are the concept's pictures; COCO captions give a CLIP score
+    weights, cfg = _tiny_clip(tmp_path)
+    coco = tmp_path / "coco.csv"
+    coco.write_text("prompt,evaluation_seed\na cat on a sofa,1\na bus in the street,2\n")
+    out = tmp_path / "ev"
+    code = ("import open_clip, sys, evaluate; open_clip.add_model_config(%r); "
+            "sys.exit(evaluate.main(sys.argv[1:]))" % cfg)
+    r = subprocess.run([sys.executable, "-c", code, "evaluate", "--concept", "van gogh", "--model", tiny_model,
+                        "--prompts", str(esd), "--coco", str(coco), "--clip-arch", "tiny-clip-eval", "--clip-weights",
+                        weights, "--steps", "2", "--num-implicit", "0", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    m = json.load(open(out / "metrics.json"))
+    assert m["n_concept_images"] == 2 and m["n_coco_images"] == 2 and 0 <= m["clip_score"] <= 100
+    assert sdlib is not None
+    r = run("evaluate.py", "evaluate", "--concept", "van gogh", "--model", tiny_model, "--coco", str(coco),
+            "--out", str(tmp_path / "ev2"))
+    assert r.returncode == 2 and "--coco needs --clip-weights" in r.stderr and not (tmp_path / "ev2").exists()

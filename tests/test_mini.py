@@ -46,3 +46,32 @@ def test_judge_is_accurate_on_fresh_pictures(mini_sd):
         rec = mini.to_uint8(mini_sd.vae.decode(mini_sd.vae.encode(x).latent_dist.mode()).sample)
     acc_rec = mini.judge_accuracy(judge, rec, labels)
     assert min(acc_rec[k] for k in ("shape", "color", "style")) >= 0.98, acc_rec
+
+
+def test_draws_held_out_combinations(mini_sd):
+    """The quality bars on a small sample: one picture of each of the 24 held-out triples (10 DDIM steps)."""
+    judge = mini.load_judge()
+    prompts, labels, seeds = mini.quality_prompts(data.HELD_OUT, 1)
+    pred = mini.judge_predict(judge, sdlib.generate(mini_sd, prompts, seeds, steps=10, progress=False))
+    for i, attr in enumerate(["shape", "color", "style"]):
+        acc = np.mean([data.ATTRIBUTES[attr][p] == l[i] for p, l in zip(pred[attr], labels)])
+        assert acc >= 0.8, (attr, acc)
+
+
+def test_implicit_prompts_draw_their_concept(mini_sd):
+    """A style, a shape and a colour, 8 implicit prompts each (they never name the concept): the concept is drawn
+    on most pictures (the full measurement, every concept: python mini.py quality)."""
+    rates, _, _ = mini.implicit_rates(mini_sd, mini.load_judge(), 8, steps=10,
+                                      concepts=["van gogh", "triangle", "purple"])
+    assert min(rates.values()) >= 0.5, rates
+
+
+def test_empty_prompt_and_zero_vectors_draw_no_one_concept(mini_sd):
+    """Neither the empty prompt nor DM2's 0*c (zero token vectors) draws one shape, colour or style far more often
+    than its share of the training pictures."""
+    draws, _ = mini.null_draws(mini_sd, mini.load_judge(), 24, steps=10)
+    shares = mini.training_shares()
+    for key, by_attr in draws.items():
+        for attr, share in by_attr.items():
+            top = max(share, key=share.get)
+            assert share[top] <= 3 * shares[attr][top], (key, attr, top, share[top])
