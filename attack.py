@@ -751,10 +751,8 @@ def pick_targets(concept, n, seed, which="explicit"):
     pool = concept.prompts if which == "explicit" else concept.implicit_prompts
     if not pool:
         raise data.DataError(f"concept {concept.name!r} has no {which} prompts to attack")
-    if n > len(pool):
-        return [(pool[i % len(pool)], seed + i) for i in range(n)]
-    step = max(1, len(pool) // n)
-    return [(p, seed + i) for i, p in enumerate(pool[::step][:n])]
+    prompts = [pool[i % len(pool)] for i in range(n)] if n > len(pool) else data.spread(pool, n)
+    return [(p, seed + i) for i, p in enumerate(prompts)]
 
 
 def target_template(concept, prompt):

@@ -684,6 +684,11 @@ def get_concept(name, world="mini", concept_file=None):
     return concept
 
 
+def spread(items, n):
+    """n of items spread evenly over the list (every len // n-th, the first n of them); [] for n < 1."""
+    return list(items[::max(1, len(items) // n)][:n]) if n >= 1 else []
+
+
 def slug(text, n=40):
     """'A red circle!' -> 'a_red_circle': safe in file names."""
     import re

@@ -229,6 +229,16 @@ def file_prompts(path, concept, categories=None, default_seed=0):
     return ([(r["prompt"], r["evaluation_seed"]) for r in mine], [(r["prompt"], r["evaluation_seed"]) for r in rest])
 
 
+def user_inputs(a, concept):
+    """The user's evaluation files, read and checked once: {'prompts': file_prompts' pair or None, 'coco': caption
+    rows or None}; DataError for a bad file or --coco without CLIP weights."""
+    coco = data.read_prompt_csv(a.coco, default_seed=a.seed)[:a.num_coco] if a.coco else None
+    if coco and (not a.clip_weights or not os.path.exists(a.clip_weights)):
+        raise data.DataError(f"--coco needs --clip-weights FILE (open_clip checkpoint for {a.clip_arch}) for its "
+                             f"CLIP score; got {a.clip_weights!r}")
+    return {"prompts": file_prompts(a.prompts, concept, a.categories, a.seed) if a.prompts else None, "coco": coco}
+
+
 def clip_score(model, tokenizer, images, texts):
     """CLIP score (Hessel et al. 2021, w = 100): 100 * max(cos(image, its caption), 0), averaged over pictures."""
     import torch
@@ -240,9 +250,11 @@ def clip_score(model, tokenizer, images, texts):
     return float(100 * cos.clamp(min=0).mean())
 
 
-def measure(sd, concept, judge, a):
+def measure(sd, concept, judge, a, inputs=None):
     """Concept rate on the concept's prompts, preservation on other concepts' prompts, Frechet distance; with
-    --prompts the concept rate (and, for an artist file, the other artists' rate) on the file's rows."""
+    --prompts the concept rate (and, for an artist file, the other artists' rate) on the file's rows; inputs: what
+    user_inputs read."""
+    inputs = inputs or {"prompts": None, "coco": None}
     seeds = range(a.seed, a.seed + a.num_seeds)
     c_prompts = [p for p in concept.prompts for _ in seeds]
     c_seeds = [s for _ in concept.prompts for s in seeds]
@@ -250,13 +262,12 @@ def measure(sd, concept, judge, a):
     others = list(range(len(concept.other_prompts)))[::step][:a.num_other]
     o_prompts = [concept.other_prompts[i] for i in others for _ in seeds]
     o_seeds = [s for _ in others for s in seeds]
-    if getattr(a, "prompts", None):  # the user's file: one picture per row, with the row's own seed
-        mine, rest = file_prompts(a.prompts, concept, a.categories, a.seed)
+    if inputs["prompts"]:  # the user's file: one picture per row, with the row's own seed
+        mine, rest = inputs["prompts"]
         c_prompts, c_seeds = [p for p, _ in mine], [s for _, s in mine]
         if not concept.other_labels:  # real SD: the file's other rows (an artist file's other artists) or none
             o_prompts, o_seeds = [p for p, _ in rest], [s for _, s in rest]
-    istep = max(1, len(concept.implicit_prompts) // max(1, a.num_implicit))
-    i_prompts = concept.implicit_prompts[::istep][:a.num_implicit]  # one picture each, seeds a.seed, a.seed + 1, ...
+    i_prompts = data.spread(concept.implicit_prompts, a.num_implicit)  # one picture each, seeds a.seed, a.seed + 1, ...
     with sdlib.Timer(sd) as timer:
         c_images = sdlib.generate(sd, c_prompts, c_seeds, a.steps, a.guidance, a.batch)
         o_images = sdlib.generate(sd, o_prompts, o_seeds, a.steps, a.guidance, a.batch)
@@ -280,12 +291,9 @@ def measure(sd, concept, judge, a):
                                                  judge_features(real, a.mini_dir))
     elif len(o_images):  # real SD: how often the other prompts' pictures are judged to show the concept
         m["other_concept_rate"] = float(judge(o_images).mean())
-    if getattr(a, "coco", None):  # CLIP score on the user's captions: what erasure did to everything else
+    if inputs["coco"]:  # CLIP score on the user's captions: what erasure did to everything else
         import open_clip
-        rows = data.read_prompt_csv(a.coco, default_seed=a.seed)[:a.num_coco]
-        if not a.clip_weights or not os.path.exists(a.clip_weights):
-            raise data.DataError(f"--coco needs --clip-weights FILE (open_clip checkpoint for {a.clip_arch}) for its "
-                                 f"CLIP score; got {a.clip_weights!r}")
+        rows = inputs["coco"]
         model = open_clip.create_model(a.clip_arch, pretrained=a.clip_weights).eval()
         with sdlib.Timer(sd) as t_coco:
             pics = sdlib.generate(sd, [r["prompt"] for r in rows], [r["evaluation_seed"] for r in rows], a.steps,
@@ -305,15 +313,9 @@ def cmd_evaluate(a):
     sd = load_model(a)
     concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
     judge = make_judge(concept, a)
-    if a.prompts:  # bad files fail here, before anything is drawn or written
-        file_prompts(a.prompts, concept, a.categories, a.seed)
-    if a.coco:
-        data.read_prompt_csv(a.coco)
-        if not a.clip_weights or not os.path.exists(a.clip_weights):
-            raise data.DataError(f"--coco needs --clip-weights FILE (open_clip checkpoint for {a.clip_arch}) for its "
-                                 f"CLIP score; got {a.clip_weights!r}")
+    inputs = user_inputs(a, concept)  # bad files fail here, before anything is drawn or written
     with sdlib.output_dir(a.out, a.overwrite) as tmp:
-        m, c_images, o_images = measure(sd, concept, judge, a)
+        m, c_images, o_images = measure(sd, concept, judge, a, inputs)
         m.update({"concept": concept.name, "model": sd.name, "weights": a.weights, "seed": a.seed,
                   "num_seeds": a.num_seeds, "steps": a.steps, "guidance": a.guidance})
         if a.weights:

@@ -280,8 +280,8 @@ def eps(sd, unet, z, t, cond, uncond=None, guidance=1.0):
         sd.counts["unet"] += len(z)
         return to_eps(sd, unet(z, t, cond).sample, z, t)
     sd.counts["unet"] += 2 * len(z)
-    zz, tt = torch.cat([z, z]), (torch.cat([t, t]) if t.dim() else t)
-    e_u, e_c = to_eps(sd, unet(zz, t if not t.dim() else tt, torch.cat([uncond, cond])).sample, zz, tt).chunk(2)
+    zz, tt = torch.cat([z, z]), (torch.cat([t, t]) if t.dim() else t)  # a per-row t goes with each row's copy
+    e_u, e_c = to_eps(sd, unet(zz, tt, torch.cat([uncond, cond])).sample, zz, tt).chunk(2)
     return e_u + guidance * (e_c - e_u)
 
 
