@@ -16,14 +16,16 @@ import contextlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 import data
+import judges
 import losses
 import sd as sdlib
+from checkpoint import Checkpoint, cost_path
+from inversion import image_latents, textual_inversion
 
 # ---- settings ----------------------------------------------------------------------------------------------------
 ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell", "ringabell-continuous"]
@@ -75,119 +77,10 @@ PICTURE_CACHE = None  # folder for the pictures an attack draws before attacking
 CHECKPOINT_EVERY = 10  # steps (CCE), timesteps (UnlearnDiff), iterations (P4D), generations (Ring-A-Bell) per checkpoint
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def tqdm(it, **kw):
-    from tqdm.auto import tqdm as _tqdm
-    return _tqdm(it, mininterval=5, **kw)
+log, tqdm = sdlib.log, sdlib.tqdm
 
 
 # ---- CCE ---------------------------------------------------------------------------------------------------------
-class Checkpoint:
-    """One attack loop's state, written atomically into the output's .tmp folder every --checkpoint-every steps and
-    read back with --resume: a stopped attack continues where it stopped and ends with the same results as one that
-    never stopped. One file per loop and torchrun rank; a checkpoint made with other settings is refused. Each
-    save also writes the rank's cost so far (cost_path), so that a resumed attack reports the whole run's cost."""
-    running = None  # (Timer, cost before this process) while main() attacks; None when a loop runs without main()
-
-    def __init__(self, a, name):
-        rank, world = sdlib.rank_world()
-        folder = getattr(a, "state_dir", None)
-        self.path = os.path.join(folder, f"state_{name}_rank{rank}of{world}.pt") if folder else None
-        self.every, self.resume = getattr(a, "checkpoint_every", 0), getattr(a, "resume", False)
-        self.settings = {k: v for k, v in vars(a).items()
-                         if k not in ("resume", "overwrite", "checkpoint_every", "state_dir", "device", "picture_cache")}
-
-    def load(self):
-        """The saved state (a dict with 'step') when resuming and there is one, else None."""
-        if not (self.path and self.resume and os.path.exists(self.path)):
-            return None
-        state = torch.load(self.path, weights_only=False)
-        if state["settings"] != self.settings:
-            diff = sorted(k for k in set(state["settings"]) | set(self.settings)
-                          if state["settings"].get(k) != self.settings.get(k))
-            sdlib.fail(f"checkpoint {self.path} was made with other settings ({', '.join(diff)}); "
-                       "rerun with the same ones or without --resume")
-        log(f"resumed {os.path.basename(self.path)} after step {state['step']}")
-        return state
-
-    def save(self, step, make_state):
-        """After `step` completed steps; make_state() builds the dict (only when a checkpoint is due)."""
-        if not (self.path and self.every) or step % self.every:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        torch.save({"step": step, "settings": self.settings, **make_state()}, self.path + ".part")
-        os.replace(self.path + ".part", self.path)  # a kill while saving leaves the previous checkpoint intact
-        if Checkpoint.running is not None:
-            sdlib.write_cost(cost_path(os.path.dirname(self.path)), *Checkpoint.running)
-
-
-def cost_path(state_dir):
-    """This rank's cost up to its last checkpoint, in the attack's state folder (removed with the checkpoints)."""
-    rank, world = sdlib.rank_world()
-    return os.path.join(state_dir, f"state_cost_rank{rank}of{world}.json")
-
-
-def image_latents(sd, images):
-    """(N, H, W, 3) uint8 -> VAE latents (N, 4, h, w) scaled as the UNet sees them (mean of the posterior)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(sd.device, sd.dtype)
-    with torch.no_grad():
-        return sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
-
-
-def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr, batch, seed, desc="ti",
-                      lr_end=None, clip=None, ckpt=None):
-    """Learn vectors for token_names so that templates.format(tokens) reconstructs each latent under sd.unet.
-
-    latents[i] is paired with templates[i]; token k starts from the k-th token of init_word (cycling through a
-    phrase's tokens). Only the new vectors are trained; the model and the embedding
-    table stay as they are. lr decays linearly to lr_end if given; gradients are clipped to norm clip if given.
-    ckpt: a Checkpoint to save to and resume from. Returns {token name: (D,) tensor}."""
-    ids = sdlib.add_tokens(sd, token_names)
-    table = sd.text_encoder.get_input_embeddings().weight
-    init_ids = sd.tokenizer(init_word, add_special_tokens=False).input_ids or [0]  # a phrase: its tokens in turn
-    vecs = [table[init_ids[i % len(init_ids)]].detach().clone().float().requires_grad_(True) for i in range(len(ids))]
-    opt = torch.optim.Adam(vecs, lr=lr)
-    placeholder = " ".join(token_names)
-    acp = sd.scheduler.alphas_cumprod.to(sd.device)
-    gen = torch.Generator().manual_seed(seed)
-    start = 0
-    if ckpt and (st := ckpt.load()):
-        with torch.no_grad():
-            for v, saved in zip(vecs, st["vecs"]):
-                v.copy_(saved)
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        start = st["step"]
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps)
-    for step in bar:
-        idx = torch.randint(len(latents), (batch,), generator=gen)
-        z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=gen).to(z0)
-        t = torch.randint(0, len(acp), (batch,), generator=gen).to(sd.device)
-        zt = sdlib.add_noise(sd, z0, noise, t)
-        cond = sdlib.encode(sd, [templates[i].format(placeholder) for i in idx.tolist()],
-                            inject={i: v for i, v in zip(ids, vecs)})
-        loss = losses.denoising_loss(sdlib.eps(sd, sd.unet, zt, t, cond), noise)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{desc}: loss is {loss.item()} at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(vecs, clip)
-        if lr_end is not None:
-            for g in opt.param_groups:
-                g["lr"] = lr + (lr_end - lr) * step / max(1, steps - 1)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if ckpt:
-            ckpt.save(step + 1, lambda: {"vecs": [v.detach().clone() for v in vecs], "opt": opt.state_dict(),
-                                         "gen": gen.get_state()})
-    return {name: v.detach() for name, v in zip(token_names, vecs)}
-
-
 def cce(sd, base_images, concept, targets, judge, a):
     """CCE: invert the concept's pictures (made by the original model) into new token(s) on the erased model,
     then prompt the erased model with each target template carrying the learned token(s)."""
@@ -379,20 +272,6 @@ def generate_from_ids(sd, seq, seeds, steps, guidance):
     return generate_from_embeddings(sd, cond, seeds, steps, guidance)
 
 
-def judge_with_score(judge, images):
-    """(hit, score) per picture; score ranks candidates: hit + the mini judge's probability of the concept's class
-    (other judges only say yes or no, so their score is the hit alone)."""
-    import evaluate
-    hit = np.asarray(judge(images), bool)
-    score = hit.astype(float)
-    if isinstance(judge, evaluate.MiniJudge):
-        import mini
-        with torch.no_grad():
-            logits = judge.model(mini.to_tensor(images))[judge.attribute]
-        score += logits.softmax(-1)[:, judge.index].numpy()
-    return hit, score
-
-
 # ---- P4D ---------------------------------------------------------------------------------------------------------
 def pez_project(cont, table, metric="cosine"):
     """PEZ's projection: the index of the row of table (V, D) nearest to each continuous embedding (..., D), by
@@ -513,7 +392,7 @@ def p4d(sd, target_images, concept, targets, judge, a, original):
             cand = fill(act, ids)  # (m, 77) real tokens only
             prompts = [decode_ids(sd, row) for row in cand]
             images = generate_from_ids(sd, cand, [targets[i][1] for i in active], a.eval_steps, a.eval_guidance)
-            hit, score = judge_with_score(judge, images)
+            hit, score = judges.judge_with_score(judge, images)
             for j, i in enumerate(active):
                 if score[j] >= best_score[i]:  # ties go to the later, longer-optimised candidate
                     best_score[i], best_hit[i], best_prompts[i] = score[j], hit[j], prompts[j]
@@ -787,7 +666,7 @@ def parse(argv=None):
     p.add_argument("--attack-all-targets", action="store_true", default=ATTACK_ALL_TARGETS,
                    help="attack targets whose plain picture already shows the concept too (same ASR; default: "
                         "UnlearnDiff and P4D skip them, and no attack runs when every target shows it)")
-    add_judge_args(p)
+    judges.add_judge_args(p)
     g = p.add_argument_group("CCE")
     g.add_argument("--num-vectors", type=int, default=CCE_NUM_VECTORS)
     g.add_argument("--num-images", type=int, default=CCE_IMAGES)
@@ -848,13 +727,7 @@ def parse(argv=None):
     return a
 
 
-def add_judge_args(p):
-    import evaluate
-    evaluate.add_judge_args(p)
-
-
 def main(argv=None):
-    import evaluate
     a = parse(argv)
     try:
         run = sdlib.read_run_config(a.weights) if a.weights else None
@@ -864,7 +737,7 @@ def main(argv=None):
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
         targets = pick_targets(concept, a.num_targets, a.seed, a.targets)
-        judge = evaluate.make_judge(concept, a)
+        judge = judges.make_judge(concept, a)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     a.state_dir = os.path.abspath(a.out) + ".tmp"  # checkpoints live beside the outputs until the attack ends

@@ -15,14 +15,17 @@ import copy
 import dataclasses
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
+import checkpoint
 import data
+import judges
+import lora
 import losses
 import sd as sdlib
+from inversion import image_latents, textual_inversion
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
 METHODS = ["esd", "uce", "stereo", "ap", "dm2", "advunlearn", "rece"]
@@ -30,14 +33,12 @@ SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
 ESD_ITERATIONS = 200
-ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-5}  # by --train-method:
-#   esd-u trains 14x more weights than esd-x; at 2e-4 it wrecked the mini model (preservation 0.52), at 2e-5 not;
-#   text-encoder (AdvUnlearn; its paper uses 1e-5): 2e-4 erased van gogh but every shape became a cross or a circle
-#   (preservation 0.61)
+# by --train-method: the more weights a rule trains, the smaller the rate that keeps other concepts (docs/methods.md)
+ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-5}
 ESD_ETA = 1.0  # negative guidance: how far past "unconditional" the target pushes away from the concept
-ESD_TRAIN_METHOD = "auto"  # esd-x: cross-attention (style/artist); esd-u: all but cross-attention (objects, nudity);
-#   auto: by the concept's kind, the ESD paper's split. It decides STEREO and AP too (both erase ESD-style): on the
-#   triangle (3 seeds, quick schedule) their preservation was 0.75 and 0.89 with ESD-x, 0.96 and 0.99 with ESD-u
+# esd-x: cross-attention (styles, artists); esd-u: all but cross-attention (objects, nudity); auto: by the concept's
+# kind, the ESD paper's split, for STEREO and AP too (both erase ESD-style)
+ESD_TRAIN_METHOD = "auto"
 ESD_TRAIN_FOR = {"style": "esd-x", "object": "esd-u"}  # --train-method auto, by data.Concept.kind
 ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
 ESD_START_GUIDANCE = 3.0  # guidance of that partial sampling
@@ -68,11 +69,8 @@ AP_LAMBDA = 1.0  # weight of the preservation term (epsilon space, as the ESD te
 AP_TEMPERATURE = 2.0  # hard Gumbel-softmax temperature
 AP_ADV_LR = 0.05  # adversary's step size on the logits pi
 # DM2, Dark Miner (Meng et al. 2024): loops of mining, verifying and circumventing, LoRA on value projections
-DM2_RANK = 8  # LoRA rank on every attention value projection (attn1.to_v, attn2.to_v)
-# which projections get the LoRA: "values" (the paper: every attention value projection) or, a probe for the mini
-# world's van gogh, "values+cross-keys" (also the cross-attention keys, attn2.to_k, which ESD-x trains with the values)
-DM2_LORA_ON = {"values": ("attn1.to_v", "attn2.to_v"), "values+cross-keys": ("attn1.to_v", "attn2.to_v", "attn2.to_k")}
-DM2_LORA_DEFAULT = "values"
+DM2_RANK = 8  # LoRA rank on every attention value projection
+DM2_LORA_ON = ("attn1.to_v", "attn2.to_v")  # the paper: LoRA on the attention value projections
 DM2_POOL = 30  # pictures of the concept from the original model
 DM2_TOKENS = 16  # L: tokens of each mined embedding
 DM2_MINE_IMAGES = 3  # k: pool pictures each mining inverts
@@ -80,33 +78,13 @@ DM2_MINE_STEPS = 100
 DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
 DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
 DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
-# The circumvent schedule: 300 LoRA steps per loop, 4 pool pictures a step, lr 3e-3. Until 2026-12-01 it was 200 steps
-#   (quick profile: 100) of 1 picture at lr 1e-2, which erased the mini world's van gogh on 1 seed of 3 (rates 0.13,
-#   0.83, 1.00): on the failing seeds circumventing got its own mined embeddings only 0.34-0.52 of the way to c0's
-#   prediction (scripts/erase_transfer.py). This one finishes (0.81-0.96) and erases on 3 of 3 (rate 0.09), and on
-#   the triangle it lowers the attacks' ASR (docs/methods.md, DM2). The old one: --dm2-circumvent-steps 200 --dm2-batch 1
-#   --dm2-lr 0.01 (the laptop profile keeps it, at 100 steps). Below 1e-2, at batch 1, circumventing hardly moved
-#   the model (1e-3: 3 loops x 100 steps left van gogh at 1.00)
-DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop
+DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop: enough for circumventing to finish (docs/methods.md, DM2)
 DM2_BATCH = 4  # pool pictures per circumvent step
 DM2_LR = 3e-3  # LoRA learning rate
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
-# the preserve terms: the paper's c0, 0*c and -c, or (a probe) without 0*c. In the mini world the mined tokens scaled
-# by 0 draw van gogh (16 zero vectors: 30 of 30 pictures; docs/methods.md, DM2), so preserving 0*c keeps van gogh
-DM2_PRESERVE = {"c0+zero+neg": ("c0", "zero", "neg"), "c0+neg": ("c0", "neg")}
-DM2_PRESERVE_DEFAULT = "c0+zero+neg"
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
-# where a circumvent step's x_t comes from: "pool" (our reading of the paper): a pool picture noised to a random
-# timestep; "sample": as ESD draws it, partial DDIM (--ddim-steps, --start-guidance) of the model being trained under
-# the mined embedding for the circumvent term, and, for the preserve terms, also of the original model under c0
-# (a probe for the mini world v1's van gogh: docs/methods.md, DM2)
-DM2_XT = "pool"
-# where the L mined tokens sit: "prompt" (the paper: they are the whole prompt) or, a probe for the mini world's van
-# gogh, "caption": in the pool picture's caption in place of the concept's words ("a red circle in the style of {}"),
-# the form of CCE's attack token, for mining, verifying and circumventing alike
-DM2_MINE_IN = "prompt"
 DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
 #   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
@@ -121,11 +99,11 @@ ADVUNLEARN_GAMMA = 0.3  # gamma: weight of the utility-retaining term (epsilon s
 RECE_ROUNDS = 3
 RECE_LAMBDA = 0.1  # lambda: ridge term of c' = (sum W'^T W' + lambda I)^-1 sum W'^T W c
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
+RESUME_IGNORES = ("resume", "overwrite", "out", "device", "picture_cache", "export", "grid_seeds")  # change no weight
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log, tqdm = sdlib.log, sdlib.tqdm
 
 
 # ---- ESD ---------------------------------------------------------------------------------------------------------
@@ -142,43 +120,43 @@ def esd(sd, concept, a, state):
     with torch.no_grad():
         texts = [concept.words] if a.erase_prompt == "words" else concept.prompts
         conds = torch.cat([sdlib.encode(sd, texts[i:i + 64]) for i in range(0, len(texts), 64)])
-
-    def prompt(gen):  # the erase prompts of this step: (B, 77, D)
-        return conds[torch.randint(len(conds), (a.batch,), generator=gen)]
-
-    esd_loop(sd, opt, prompt, esd_loss_fn(sd, frozen, a.eta), start, a.iterations, a, state, "esd")
+        uncond = sdlib.encode(sd, [""] * a.batch)
+    bar = tqdm(range(start, a.iterations), desc="esd", initial=start, total=a.iterations)
+    for step in bar:
+        gen = step_generator(a, step)
+        with torch.no_grad():
+            cond = conds[torch.randint(len(conds), (a.batch,), generator=gen)]  # the step's erase prompts
+            z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
+        loss = esd_loss_at(sd, frozen, z, t, cond, uncond, a.eta)
+        finish_step(state, loss, step, opt, bar, sd.unet)
     return {f"unet.{n}": p for n, p in params.items()}
 
 
-def esd_loss_fn(sd, frozen, eta):
+def esd_loss_at(sd, frozen, z, t, cond, uncond, eta):
     """ESD's loss at (z, t): || e_theta'(z, c) - [e(z, 0) - eta (e(z, c) - e(z, 0))] ||^2, targets from frozen."""
-    def loss_fn(cond, z, t, uncond, gen):
-        with torch.no_grad():
-            e_0, e_c = sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond)
-        return losses.esd_loss(sdlib.eps(sd, sd.unet, z, t, cond), e_0, e_c, eta)
-    return loss_fn
-
-
-def esd_loop(sd, opt, prompt_fn, loss_fn, start, iterations, a, state, desc, seed_offset=0, module=None):
-    """The loop ESD, STEREO, AP and AdvUnlearn share: draw the step's prompt, sample x_t by partial DDIM of the
-    model being trained (guided by that prompt), take the method's loss there, step.
-
-    prompt_fn(gen) -> cond (B, 77, D); loss_fn(cond, z, t, uncond, gen) -> scalar loss on the trained weights.
-    module: whose trained tensors the checkpoints hold (default the UNet)."""
     with torch.no_grad():
-        uncond = sdlib.encode(sd, [""] * a.batch)
-    bar = tqdm(range(start, iterations), desc=desc, initial=start, total=iterations)
-    for step in bar:
-        gen = torch.Generator().manual_seed(a.seed * 1_000_003 + seed_offset + step)  # resume gives the same run
-        with torch.no_grad():
-            cond = prompt_fn(gen)
-            k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
-            z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
-            z, t = sdlib.ddim(sd, sd.unet, z_T, cond, uncond, a.start_guidance, a.ddim_steps, stop_at=k)
-        loss = loss_fn(cond, z, t, uncond, gen)
-        step_or_stop(state, loss, step, opt)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        save_checkpoint(state, step, module or sd.unet, opt)
+        e_0, e_c = sdlib.eps(sd, frozen, z, t, uncond), sdlib.eps(sd, frozen, z, t, cond)
+    return losses.esd_loss(sdlib.eps(sd, sd.unet, z, t, cond), e_0, e_c, eta)
+
+
+def step_generator(a, step, offset=0):
+    """The random numbers of one training step: a function of seed and step only, so a resumed run is the same run."""
+    return torch.Generator().manual_seed(a.seed * 1_000_003 + offset + step)
+
+
+def partial_ddim(sd, unet, cond, uncond, a, gen):
+    """x_t as ESD's code draws it: DDIM from noise under `unet` (guidance --start-guidance) for a random k of
+    --ddim-steps steps; returns (x_t, t)."""
+    k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
+    z_T = torch.randn((a.batch, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
+    return sdlib.ddim(sd, unet, z_T, cond, uncond, a.start_guidance, a.ddim_steps, stop_at=k)
+
+
+def finish_step(state, loss, step, opt, bar, module):
+    """Backward and step (or stop on a non-finite loss), show the loss, checkpoint module's trained tensors."""
+    step_or_stop(state, loss, step, opt)
+    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    save_checkpoint(state, step, module, opt)
 
 
 # ---- STEREO ------------------------------------------------------------------------------------------------------
@@ -198,15 +176,6 @@ def run_embeddings(run_dir, method, concept_name=None, what=""):
     return cfg, emb
 
 
-def dm2_mined_of(run_dir):
-    """(config.json, {'mined.K': (L, D)}) of a finished DM2 run: the embeddings it mined, in mining order."""
-    cfg, emb = run_embeddings(run_dir, "dm2")
-    if cfg["settings"].get("dm2_mine_in", "prompt") != "prompt":
-        sdlib.fail(f"{run_dir}: its mined tokens sit in captions (--dm2-mine-in {cfg['settings']['dm2_mine_in']}); "
-                   "this reads them as whole prompts (--dm2-mine-in prompt runs only)")
-    return cfg, {k: emb[k] for k in sorted(emb, key=lambda s: int(s.split(".")[-1]))}
-
-
 def stereo_tokens_of(run_dir, concept, rounds):
     """The adversarial tokens {'<stereoK>': (D,)} a finished STEREO run of the same concept collected in stage 1,
     in round order; fails unless there is one per round."""
@@ -224,14 +193,13 @@ def stereo(sd, concept, a, state):
     picture pool, keep the learned token. Stage 2, Robustly Erase Once: restart from the original UNet and erase
     the concept and every token at once with e* = e(0) + s_a (e(anchor) - e(0)) - s_e (e(p) - e(0))."""
     resolve_for_concept(a, concept)
-    import attack
     params = sdlib.select_params(sd, a.train_method)
     original = {n: p.detach().clone() for n, p in params.items()}
     frozen = copy.deepcopy(sd.unet).requires_grad_(False)
     rounds_path = os.path.join(state["dir"], "stereo_rounds.pt")
     tokens, done = {}, 0
     if os.path.exists(rounds_path):  # resume: completed stage-1 rounds are kept
-        ck = torch.load(rounds_path, weights_only=True)
+        ck = checkpoint.read(rounds_path, state.get("settings"))
         tokens, done = ck["tokens"], ck["rounds_done"]
         with torch.no_grad():
             for n, p in params.items():
@@ -244,7 +212,7 @@ def stereo(sd, concept, a, state):
     n_pool = a.rounds * a.ti_images
     pool_templates = [concept.templates[i % len(concept.templates)] for i in range(n_pool)]
     if done < a.rounds:  # the pool: the original model's pictures of the concept
-        pool = attack.image_latents(sd, sdlib.generate(
+        pool = image_latents(sd, sdlib.generate(
             sd, [t.format(concept.words) for t in pool_templates], [STEREO_POOL_SEED + i for i in range(n_pool)]))
 
     def inject():
@@ -255,28 +223,29 @@ def stereo(sd, concept, a, state):
             return [word] * len(idx)
         return [concept.templates[i].format(word) for i in idx]
 
-    def erase_prompt_fn(words_for_step):
-        def prompt(gen):
-            idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
-            return sdlib.encode(sd, erase_texts(words_for_step(), idx), inject())
-        return prompt
-
     stage1 = {"dir": state["dir"], "every": 10 ** 9, "log": state["log"]}  # no mid-round checkpoints
+    with torch.no_grad():
+        uncond = sdlib.encode(sd, [""] * a.batch)
     for r in range(done, a.rounds):
-        words = concept.words if r == 0 else list(tokens)[-1]
+        words = concept.words if r == 0 else list(tokens)[-1]  # the concept, then the newest adversarial token
         opt = torch.optim.Adam(params.values(), lr=a.lr)
-        esd_loop(sd, opt, erase_prompt_fn(lambda: words), esd_loss_fn(sd, frozen, a.eta), 0, a.ste_iterations, a,
-                 stage1,
-                 f"stereo STE round {r + 1}/{a.rounds}: erase", seed_offset=(r + 1) * 1_000_000)
+        bar = tqdm(range(a.ste_iterations), desc=f"stereo STE round {r + 1}/{a.rounds}: erase")
+        for step in bar:
+            gen = step_generator(a, step, offset=(r + 1) * 1_000_000)
+            with torch.no_grad():
+                idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
+                cond = sdlib.encode(sd, erase_texts(words, idx), inject())
+                z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
+            loss = esd_loss_at(sd, frozen, z, t, cond, uncond, a.eta)
+            finish_step(stage1, loss, step, opt, bar, sd.unet)
         name = f"<stereo{r}>"
         sl = slice(r * a.ti_images, (r + 1) * a.ti_images)
-        learned = attack.textual_inversion(sd, pool[sl], pool_templates[sl], [name], "style", a.ti_steps, a.ti_lr,
-                                           min(8, a.ti_images), a.seed + r, desc=f"stereo STE round {r + 1}: attack")
+        learned = textual_inversion(sd, pool[sl], pool_templates[sl], [name], "style", a.ti_steps, a.ti_lr,
+                                    min(8, a.ti_images), a.seed + r, desc=f"stereo STE round {r + 1}: attack")
         tokens[name] = learned[name]
         ids[name] = sdlib.add_tokens(sd, [name])[0]
-        ck = {"tokens": tokens, "rounds_done": r + 1, "params": {n: p.detach() for n, p in params.items()}}
-        torch.save(ck, rounds_path + ".part")
-        os.replace(rounds_path + ".part", rounds_path)
+        checkpoint.write(rounds_path, {"tokens": tokens, "rounds_done": r + 1, "settings": state.get("settings"),
+                                       "params": {n: p.detach() for n, p in params.items()}})
         record_cost(state)
     # stage 2: from the original weights, the concept and all adversarial tokens at once
     opt = torch.optim.Adam(params.values(), lr=a.lr)
@@ -285,27 +254,22 @@ def stereo(sd, concept, a, state):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(original[n])
-    erase_words = [concept.words] + list(tokens)
-    turn = {"step": start, "anchor": None}
-
-    def reo_prompt(gen):
-        word = erase_words[turn["step"] % len(erase_words)]  # the concept and each token in turn
-        turn["step"] += 1
-        idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
-        anchors = [concept.scene_anchors[i][int(torch.randint(len(concept.scene_anchors[i]), (1,), generator=gen))]
-                   for i in idx]
-        turn["anchor"] = sdlib.encode(sd, anchors)
-        return sdlib.encode(sd, erase_texts(word, idx), inject())
-
-    def reo_loss(cond, z, t, uncond, gen):
+    erase_words = [concept.words] + list(tokens)  # erased in turn: the concept and each adversarial token
+    bar = tqdm(range(start, a.reo_iterations), desc="stereo REO", initial=start, total=a.reo_iterations)
+    for step in bar:
+        gen = step_generator(a, step, offset=50_000_000)
         with torch.no_grad():
-            target = losses.stereo_reo_target(sdlib.eps(sd, frozen, z, t, uncond),
-                                              [sdlib.eps(sd, frozen, z, t, turn["anchor"])],
+            idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
+            anchors = [concept.scene_anchors[i][int(torch.randint(len(concept.scene_anchors[i]), (1,),
+                                                                  generator=gen))] for i in idx]
+            anchor = sdlib.encode(sd, anchors)
+            cond = sdlib.encode(sd, erase_texts(erase_words[step % len(erase_words)], idx), inject())
+            z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
+            # e* = e(0) + s_a (e(anchor) - e(0)) - s_e (e(p) - e(0)), all from the original model
+            target = losses.stereo_reo_target(sdlib.eps(sd, frozen, z, t, uncond), [sdlib.eps(sd, frozen, z, t, anchor)],
                                               [sdlib.eps(sd, frozen, z, t, cond)], a.anchor_scale, a.erase_scale_reo)
-        return torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, cond), target)
-
-    esd_loop(sd, opt, reo_prompt, reo_loss, start, a.reo_iterations, a, state, "stereo REO",
-             seed_offset=50_000_000)
+        loss = torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, cond), target)
+        finish_step(state, loss, step, opt, bar, sd.unet)
     state["extra_tensors"] = {f"adversarial.{n}": v for n, v in tokens.items()}
     return {f"unet.{n}": p for n, p in params.items()}
 
@@ -379,30 +343,31 @@ def ap(sd, concept, a, state):
         pi.data.copy_(state["resumed"]["pi"])
     state["resume_tensors"] = {"pi": pi}
     opt_pi = torch.optim.Adam([pi], lr=a.ap_adv_lr)
-    erase_loss = esd_loss_fn(sd, frozen, a.eta)
-    scene = {}
 
-    def prompt(gen):
-        idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
-        scene["idx"] = idx
-        return sdlib.encode(sd, [concept.templates[i].format(concept.words) for i in idx])
-
-    def preservation(z, t, c_a):
+    def preservation(z, t, c_a):  # AP's term: the trained model's prediction for c_a stays the original's
         return torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, c_a), sdlib.eps(sd, frozen, z, t, c_a))
 
-    def loss_fn(cond, z, t, uncond, gen):
-        with torch.no_grad():  # every candidate in this step's scenes: (C, B, 77, D)
-            cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in scene["idx"]])
-                                for w in candidates])
+    with torch.no_grad():
+        uncond = sdlib.encode(sd, [""] * a.batch)
+    bar = tqdm(range(start, a.iterations), desc="ap", initial=start, total=a.iterations)
+    for step in bar:
+        gen = step_generator(a, step)
+        with torch.no_grad():
+            idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()  # the step's scenes
+            cond = sdlib.encode(sd, [concept.templates[i].format(concept.words) for i in idx])
+            z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
+            cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in idx])
+                                for w in candidates])  # every candidate in these scenes: (C, B, 77, D)
+        # max over pi: one ascent step of the adversary on the preservation term
         ap_adversary_step(pi, opt_pi, cand, lambda c_a: preservation(z, t, c_a), a.ap_temperature)
         opt.zero_grad(set_to_none=True)  # the adversary's backward pass also reached the model: discard that
-        with torch.no_grad():
+        with torch.no_grad():  # the concept to preserve this step: a hard Gumbel-softmax draw from pi
             g = torch.nn.functional.gumbel_softmax(pi, tau=a.ap_temperature, hard=True)
             c_a = torch.einsum("c,cbld->bld", g, cand)
             state["preserved"] = candidates[int(g.argmax())]
-        return erase_loss(cond, z, t, uncond, gen) + a.ap_lambda * preservation(z, t, c_a)
-
-    esd_loop(sd, opt, prompt, loss_fn, start, a.iterations, a, state, "ap")
+        # min over the model: ESD on the concept plus lambda times the preservation of c_a
+        loss = esd_loss_at(sd, frozen, z, t, cond, uncond, a.eta) + a.ap_lambda * preservation(z, t, c_a)
+        finish_step(state, loss, step, opt, bar, sd.unet)
     top = pi.detach().softmax(0).topk(min(5, len(candidates)))
     print("ap: adversary's favourite concepts to preserve: " +
           ", ".join(f"{candidates[i]} ({p:.2f})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
@@ -426,39 +391,33 @@ def dm2(sd, concept, a, state):
     model, (b) verify it: generate from it and stop when its features no longer point toward the concept
     (s(c) < tau), (c) circumvent: train LoRA so that e_theta(x_t | c) matches the original's e(x_t | c0) while
     c0, 0*c and -c keep their original predictions. Features: the mini judge's (mini world)."""
-    import attack
-    import evaluate
-    import lora
     frozen = copy.deepcopy(sd.unet).requires_grad_(False)
     sd.unet.requires_grad_(False)
-    wrapped = lora.inject(sd.unet, lambda n: n.endswith(DM2_LORA_ON[a.dm2_lora_on]), r=a.dm2_rank)
+    wrapped = lora.inject(sd.unet, lambda n: n.endswith(DM2_LORA_ON), r=a.dm2_rank)
     lora_params = [p for layer in wrapped.values() for p in (layer.lora_A, layer.lora_B)]
-    print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} projections ({a.dm2_lora_on}), "
+    print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
     pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
-    # the mined tokens' context for each pool picture: none (the tokens are the prompt), or the picture's caption
-    pool_templates = [concept.templates[i % len(concept.templates)] if a.dm2_mine_in == "caption" else "{}"
-                      for i in range(a.dm2_pool)]
     if data.world_of(sd.image_size) == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
-        def enc(x): return torch.from_numpy(evaluate.judge_features(x, a.mini_dir)).float()  # noqa: E306
+        def enc(x): return torch.from_numpy(judges.judge_features(x, a.mini_dir)).float()  # noqa: E306
     else:
         try:  # before any picture is drawn: missing CLIP weights are one line, not a traceback after minutes
-            clip = evaluate.ClipJudge(concept.name, [], a.clip_arch, a.clip_weights)
+            clip = judges.ClipJudge(concept.name, [], a.clip_arch, a.clip_weights)
         except data.DataError as e:
             sdlib.fail(f"dm2 verifies with CLIP's image encoder: {e}")
         encoder_name = f"open_clip {a.clip_arch} image encoder ({a.clip_weights})"
         def enc(x): return clip.image_features(x).float()  # noqa: E306
     pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
-    pool = attack.image_latents(sd, pool_images)
+    pool = image_latents(sd, pool_images)
     reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
                                [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
     f_ref, f_concept = enc(reference), enc(pool_images)
     mined, loop = [], 0
     loops_path = os.path.join(state["dir"], "dm2_loops.pt")
     if os.path.exists(loops_path):  # resume after the last completed loop
-        ck = torch.load(loops_path, weights_only=True)
+        ck = checkpoint.read(loops_path, state.get("settings"))
         lora.load_lora_state_dict(wrapped, ck["lora"])
         opt.load_state_dict(ck["opt"])
         mined, loop, state["log"] = list(ck["mined"]), ck["loop"], ck["log"]
@@ -467,28 +426,26 @@ def dm2(sd, concept, a, state):
     ids = sdlib.add_tokens(sd, names)
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
     c0 = sdlib.encode(sd, [DM2_ANCHOR])
-    uncond_b = sdlib.encode(sd, [""] * a.dm2_batch) if a.dm2_xt == "sample" else None
     scores = [r["verify_score"] for r in state["log"] if "verify_score" in r]
-    conds = {}  # (mined index, template) -> its (c, 0*c, -c); the text encoder is frozen, so each is encoded once
+    prompt = " ".join(names)  # the mined tokens are the whole prompt
+    conds = {}  # mined index -> its (c, 0*c, -c); the text encoder is frozen, so each is encoded once
 
-    def mined_conds(j, rows):  # c, 0*c and -c of mined embedding j in the templates of pool pictures rows
-        for tpl in {pool_templates[r] for r in rows}:
-            if (j, tpl) not in conds:
-                with torch.no_grad():
-                    conds[j, tpl] = [sdlib.encode(sd, [tpl.format(" ".join(names))], dict(zip(ids, s * mined[j])))
-                                     for s in (1.0, 0.0, -1.0)]
-        return [torch.cat([conds[j, pool_templates[r]][k] for r in rows]) for k in range(3)]  # each (rows, 77, D)
+    def mined_conds(j, b):  # c, 0*c and -c of mined embedding j, each (b, 77, D)
+        if j not in conds:
+            with torch.no_grad():
+                conds[j] = [sdlib.encode(sd, [prompt], dict(zip(ids, s * mined[j]))) for s in (1.0, 0.0, -1.0)]
+        return [x.expand(b, -1, -1) for x in conds[j]]
 
     def verify(vecs, pick):  # s(c) of pictures drawn from vecs against the pool pictures it was mined on
-        prompts = [pool_templates[int(pick[v % len(pick)])].format(" ".join(names)) for v in range(a.dm2_verify_images)]
-        x = sdlib.generate(sd, prompts, list(range(a.dm2_verify_images)), inject=dict(zip(ids, vecs)), progress=False)
+        x = sdlib.generate(sd, [prompt] * a.dm2_verify_images, list(range(a.dm2_verify_images)),
+                           inject=dict(zip(ids, vecs)), progress=False)
         return verify_score(enc(x), f_ref, f_concept[pick])
 
     while loop < a.dm2_max_loops:
         gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
         pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
         init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else concept.words
-        learned = attack.textual_inversion(sd, pool[pick], [pool_templates[i] for i in pick.tolist()], names, init,
+        learned = textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
                                            a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
                                            clip=DM2_MINE_CLIP)
@@ -504,53 +461,29 @@ def dm2(sd, concept, a, state):
         for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
             use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
             j = len(mined) - 1 if use_newest else int(torch.randint(len(mined) - 1, (1,), generator=gen))
-            b = a.dm2_batch  # x_t per step
-            if a.dm2_xt == "pool":  # pool pictures, each noised to its own timestep
-                i = torch.randint(len(pool), (b,), generator=gen)
-                t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
-                noise = torch.randn(pool[i].shape, generator=gen).to(pool)
-                z = sdlib.add_noise(sd, pool[i], noise, t)
-                rows = i.tolist()
-            else:  # no pool picture: the captions of random ones (all "{}" unless --dm2-mine-in caption)
-                rows = torch.randint(len(pool), (b,), generator=gen).tolist() if a.dm2_mine_in == "caption" else [0] * b
-            # the mined tokens (in their rows' captions) scaled by 1, 0 and -1, each (b, 77, D); then c0 (the anchor)
-            c, zero_c, neg_c = mined_conds(j, rows)
-            if a.dm2_xt == "pool":
-                zs = [z]  # the preserve terms are taken on the same x_t
-            else:  # the first k of ddim_steps steps: the trained model under c, the original under c0
-                with torch.no_grad():
-                    k = int(torch.randint(a.ddim_steps, (1,), generator=gen))
-                    z_T, z0_T = (torch.randn((b, *sd.latent_shape), generator=gen).to(sd.device, sd.dtype)
-                                 for _ in range(2))
-                    z, t_k = sdlib.ddim(sd, sd.unet, z_T, c, uncond_b, a.start_guidance,
-                                        a.ddim_steps, stop_at=k)
-                    z0, _ = sdlib.ddim(sd, frozen, z0_T, c0.repeat_interleave(b, 0), uncond_b, a.start_guidance,
-                                       a.ddim_steps, stop_at=k)
-                t = torch.full((b,), t_k, dtype=torch.long, device=sd.device)
-                zs = [z, z0]  # the preserve terms on both
-            n = len(zs)
-            terms = {"c0": c0.expand(b, -1, -1), "zero": zero_c, "neg": neg_c}
-            m = len(DM2_PRESERVE[a.dm2_preserve])  # preserve terms
-            with torch.no_grad():
-                kept = torch.cat([terms[k] for k in DM2_PRESERVE[a.dm2_preserve]])  # (m b, 77, D)
-                zk = torch.cat([x.repeat(m, 1, 1, 1) for x in zs])
-                target = sdlib.eps(sd, frozen, zk, t.repeat(m * n), kept.repeat(n, 1, 1))  # original model
+            b = a.dm2_batch  # x_t per step: pool pictures, each noised to its own timestep
+            i = torch.randint(len(pool), (b,), generator=gen)
+            t = torch.randint(0, len(acp), (b,), generator=gen).to(sd.device)
+            noise = torch.randn(pool[i].shape, generator=gen).to(pool)
+            z = sdlib.add_noise(sd, pool[i], noise, t)
+            c, zero_c, neg_c = mined_conds(j, b)  # the mined tokens scaled by 1, 0 and -1
+            with torch.no_grad():  # the original model's predictions for c0 (the anchor), 0*c and -c at the same x_t
+                kept = torch.cat([c0.expand(b, -1, -1), zero_c, neg_c])  # (3 b, 77, D)
+                zk = z.repeat(3, 1, 1, 1)
+                target = sdlib.eps(sd, frozen, zk, t.repeat(3), kept)
             # one call of the trained model: c (circumvent: should predict what the original does for c0), then
             # the preserve terms (c0, 0*c, -c: should predict what the original does for each of them)
-            pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(m * n + 1),
-                             torch.cat([c, kept.repeat(n, 1, 1)]))
+            pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(4), torch.cat([c, kept]))
             circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
-            preserve = m * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the terms (mean over x_t)
+            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the terms (mean over x_t)
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
             step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
         after = verify(vecs, pick)  # did circumventing work? the same check on the same embedding, now
         verify_row["verify_score_after"] = round(after, 4)
         log(f"dm2 loop {loop + 1}: after circumventing, the same embedding scores {after:.3f}")
         loop += 1
-        ck = {"lora": lora.lora_state_dict(wrapped), "opt": opt.state_dict(), "mined": mined, "loop": loop,
-              "log": state["log"]}
-        torch.save(ck, loops_path + ".part")
-        os.replace(loops_path + ".part", loops_path)
+        checkpoint.write(loops_path, {"lora": lora.lora_state_dict(wrapped), "opt": opt.state_dict(), "mined": mined,
+                                      "loop": loop, "log": state["log"], "settings": state.get("settings")})
         record_cost(state)
     changed = {f"lora.unet.{k}": v.clone() for k, v in lora.lora_state_dict(wrapped).items()}
     scaling = next(iter(wrapped.values())).scaling
@@ -562,7 +495,7 @@ def dm2(sd, concept, a, state):
                            "dm2_loops": loop, "dm2_verify_scores": scores,
                            "dm2_verify_scores_after": [r["verify_score_after"] for r in state["log"]
                                                        if "verify_score_after" in r],
-                           "dm2_features": encoder_name, "dm2_mine_in": a.dm2_mine_in}
+                           "dm2_features": encoder_name}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
 
@@ -588,35 +521,36 @@ def advunlearn(sd, concept, a, state):
     if "prefix" in state.get("resumed", {}):
         prefix.copy_(state["resumed"]["prefix"])
     state["resume_tensors"] = {"prefix": prefix}
-    step = {}
     mse = torch.nn.functional.mse_loss
-
-    def prompt(gen):  # the step's concept and retain prompts; x_t is sampled under the trained encoder's c
-        pick = torch.randint(len(concept.prompts), (a.batch,), generator=gen).tolist()
-        keep = torch.randint(len(concept.other_prompts), (a.batch,), generator=gen).tolist()
-        step["erase"] = [concept.prompts[i] for i in pick]
-        step["retain"] = [concept.other_prompts[i] for i in keep]
-        return sdlib.encode(sd, step["erase"])
-
-    def loss_fn(cond, z, t, uncond, gen):
-        adv_prompts = [" ".join(names) + " " + p for p in step["erase"]]
-        with torch.no_grad():  # the original model's e(0) (uncond is the original encoder's) and e(c)
+    # x_t is drawn on the original model's view: its unconditional embedding (x_t's guidance, ESD's e(0)) is the
+    # original encoder's, the same in a resumed run; the trained encoder enters through the step's prompts
+    with torch.no_grad():
+        uncond = sdlib.encode(orig, [""] * a.batch)
+    bar = tqdm(range(start, a.iterations), desc="advunlearn", initial=start, total=a.iterations)
+    for step in bar:
+        gen = step_generator(a, step)
+        with torch.no_grad():  # the step's concept and retain prompts; x_t is sampled under the trained encoder's c
+            pick = torch.randint(len(concept.prompts), (a.batch,), generator=gen).tolist()
+            keep = torch.randint(len(concept.other_prompts), (a.batch,), generator=gen).tolist()
+            erase_prompts = [concept.prompts[i] for i in pick]
+            retain = [concept.other_prompts[i] for i in keep]
+            cond = sdlib.encode(sd, erase_prompts)
+            z, t = partial_ddim(orig, orig.unet, cond, uncond, a, gen)
+        adv_prompts = [" ".join(names) + " " + p for p in erase_prompts]
+        with torch.no_grad():  # the original model's e(0) and e(c), and its prediction for the retain prompts
             e_0 = sdlib.eps(sd, sd.unet, z, t, uncond)
-            e_c = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, step["erase"]))
-            e_r_orig = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, step["retain"]))
-        for _ in range(a.advunlearn_attack_steps):
+            e_c = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, erase_prompts))
+            e_r_orig = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(orig, retain))
+        for _ in range(a.advunlearn_attack_steps):  # the inner attack: K sign-gradient steps on the prefix
             p = prefix.clone().requires_grad_(True)
             attack_loss = mse(sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, adv_prompts, dict(zip(ids, p)))), e_c)
             grad, = torch.autograd.grad(attack_loss, p)  # reaches the prefix only, not the encoder's weights
             prefix.sub_(a.advunlearn_attack_lr * grad.sign())  # in place: the checkpoint holds this tensor
         state["log_extra"] = {"attack_loss": round(attack_loss.item(), 6)}  # at the last inner step
         e_adv = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, adv_prompts, dict(zip(ids, prefix))))
-        e_r = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, step["retain"]))
-        return losses.advunlearn_loss(e_adv, e_0, e_c, a.eta, e_r, e_r_orig, a.advunlearn_gamma)
-
-    # the loop runs on the original model's view: its unconditional embedding (x_t's guidance, ESD's e(0)) is the
-    # original encoder's, the same in a resumed run; the trained encoder enters through prompt() and loss_fn()
-    esd_loop(orig, opt, prompt, loss_fn, start, a.iterations, a, state, "advunlearn", module=sd.text_encoder)
+        e_r = sdlib.eps(sd, sd.unet, z, t, sdlib.encode(sd, retain))
+        loss = losses.advunlearn_loss(e_adv, e_0, e_c, a.eta, e_r, e_r_orig, a.advunlearn_gamma)
+        finish_step(state, loss, step, opt, bar, sd.text_encoder)
     state["extra_tensors"] = {f"adversarial.{n}": v for n, v in zip(names, prefix)}  # the last adversarial prefix
     return {f"text_encoder.{n}": p for n, p in params.items()}
 
@@ -725,7 +659,7 @@ def load_checkpoint(state, module, opt):
     path = os.path.join(state["dir"], "checkpoint.pt")
     if not os.path.exists(path):
         return 0
-    ck = torch.load(path, weights_only=True, map_location="cpu")
+    ck = checkpoint.read(path, state.get("settings"), map_location="cpu")
     missing, unexpected = module.load_state_dict(ck["model"], strict=False)  # holds the trained tensors only
     if unexpected or len(missing) + len(ck["model"]) != len(module.state_dict()):
         raise RuntimeError(f"checkpoint {path} does not fit this model; delete it or drop --resume")
@@ -743,9 +677,9 @@ def save_checkpoint(state, step, module, opt, force=False):
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     ck = {"model": {n: t for n, t in module.state_dict().items() if n in trainable}, "opt": opt.state_dict(),
           "step": step + 1, "log": state["log"],
-          "extra": {k: v.detach().clone() for k, v in state.get("resume_tensors", {}).items()}}
-    torch.save(ck, path + ".part")
-    os.replace(path + ".part", path)
+          "extra": {k: v.detach().clone() for k, v in state.get("resume_tensors", {}).items()},
+          "settings": state.get("settings")}
+    checkpoint.write(path, ck)
     record_cost(state)
 
 
@@ -778,11 +712,6 @@ def before_after_prompts(concept, n=GRID_PROMPTS):
     step = max(1, len(concept.prompts) // n)
     ostep = max(1, len(concept.other_prompts) // n)
     return concept.prompts[::step][:n], concept.other_prompts[::ostep][:n]
-
-
-def tqdm(it, **kw):
-    from tqdm.auto import tqdm as _tqdm
-    return _tqdm(it, mininterval=5, **kw)
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
@@ -836,8 +765,6 @@ def parse(argv=None):
     g.add_argument("--ap-adv-lr", type=float, default=AP_ADV_LR)
     g = p.add_argument_group("DM2")
     g.add_argument("--dm2-rank", type=int, default=DM2_RANK)
-    g.add_argument("--dm2-lora-on", default=DM2_LORA_DEFAULT, choices=sorted(DM2_LORA_ON),
-                   help="projections that get the LoRA (see DM2_LORA_ON)")
     g.add_argument("--dm2-pool", type=int, default=DM2_POOL)
     g.add_argument("--dm2-tokens", type=int, default=DM2_TOKENS, help="L")
     g.add_argument("--dm2-mine-images", type=int, default=DM2_MINE_IMAGES, help="k")
@@ -846,10 +773,6 @@ def parse(argv=None):
     g.add_argument("--dm2-mine-lr-end", type=float, default=DM2_MINE_LR_END, help="... to this")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
-    g.add_argument("--dm2-preserve", default=DM2_PRESERVE_DEFAULT, choices=sorted(DM2_PRESERVE),
-                   help="the preserve terms (see DM2_PRESERVE)")
-    g.add_argument("--dm2-mine-in", default=DM2_MINE_IN, choices=["prompt", "caption"],
-                   help="the mined tokens are the whole prompt, or sit in the pool picture's caption (see DM2_MINE_IN)")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
                    help="mining starts every token from the anchor's word 'photo' or from the concept's words")
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
@@ -858,11 +781,9 @@ def parse(argv=None):
     g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
     g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
     g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
-    g.add_argument("--dm2-xt", default=DM2_XT, choices=["pool", "sample"],
-                   help="circumvent x_t: noised pool pictures, or partial DDIM sampling (see DM2_XT)")
     g.add_argument("--clip-arch", default="ViT-B-32", help="real SD: open_clip model whose image encoder verifies")
     g.add_argument("--clip-weights", default=None, help="real SD: open_clip checkpoint file for that encoder")
-    g.add_argument("--mini-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mini"),
+    g.add_argument("--mini-dir", default=judges.MINI_DIR,
                    help="mini judge whose features DM2 verifies with")
     g = p.add_argument_group("AdvUnlearn (trains the text encoder; also uses --iterations, --lr, --eta, --ddim-steps, "
                              "--start-guidance, --batch)")
@@ -933,7 +854,8 @@ def main(argv=None):
                                            progress=False)
         cost_path = os.path.join(tmp, COST_FILE)  # there after a checkpoint of an earlier, stopped process
         cost_before = sdlib.read_cost(cost_path)
-        state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": [], "cost_before": cost_before}
+        state = {"dir": tmp, "every": CHECKPOINT_EVERY, "log": [], "cost_before": cost_before,
+                 "settings": checkpoint.settings_of(a, RESUME_IGNORES)}  # a checkpoint is valid for these only
         try:
             with sdlib.Timer(sd) as timer:
                 state["timer"] = timer

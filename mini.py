@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import sd as sdlib
+from judges import Judge, judge_predict, load_judge, to_tensor  # the judge this script trains
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MINI_DIR = os.path.join(HERE, "mini")  # committed output
@@ -135,60 +136,13 @@ def build_fillers(path=data.FILLERS_FILE, n=N_FILLERS):
     log(f"wrote {len(words)} filler words to {path}")
 
 
-# ---- the judge ---------------------------------------------------------------------------------------------------
-class Judge(nn.Module):
-    """Small CNN with one head per attribute (shape, colour, style, background). Input (B, 3, 32, 32) in [-1, 1]."""
-    heads_order = list(data.ATTRIBUTES)
-
-    def __init__(self, width=32):
-        super().__init__()
-
-        def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
-                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
-        self.features = nn.Sequential(block(3, width), nn.MaxPool2d(2), block(width, 2 * width), nn.MaxPool2d(2),
-                                      block(2 * width, 3 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.heads = nn.ModuleDict({a: nn.Linear(3 * width, len(v)) for a, v in data.ATTRIBUTES.items()})
-
-    def forward(self, x):
-        h = self.features(x)  # (B, 3*width): also the feature space of the mini world's Frechet distance
-        return {a: head(h) for a, head in self.heads.items()}
-
-
-def load_judge(mini_dir=MINI_DIR):
-    from safetensors.torch import load_file
-    path = os.path.join(mini_dir, "judge.safetensors")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no judge at {path}: run python mini.py train")
-    judge = Judge(**json.load(open(os.path.join(mini_dir, "judge.json")))["config"])
-    judge.load_state_dict(load_file(path))
-    return judge.eval()
-
-
-@torch.no_grad()
-def judge_predict(judge, images, batch=512):
-    """images: (N, H, W, 3) uint8 -> dict attribute -> (N,) predicted class index."""
-    out = {a: [] for a in Judge.heads_order}
-    for i in range(0, len(images), batch):
-        logits = judge(to_tensor(images[i:i + batch]))
-        for a in out:
-            out[a].append(logits[a].argmax(1))
-    return {a: torch.cat(v).numpy() if v else np.zeros(0, np.int64) for a, v in out.items()}
-
-
-def to_tensor(images_uint8):
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def to_uint8(x):
     """(N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---- training stages ---------------------------------------------------------------------------------------------
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log, tqdm = sdlib.log, sdlib.tqdm
 
 
 def stage_data(a):
@@ -437,11 +391,6 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     log(f"saved {out}")
 
 
-def tqdm(it, **kw):
-    from tqdm.auto import tqdm as _tqdm
-    return _tqdm(it, mininterval=5, **kw)
-
-
 def cmd_train(a):
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
@@ -483,7 +432,6 @@ def training_shares(n=20000, seed=0):
 def implicit_rates(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE, batch=104, seed=0, concepts=None):
     """{concept: share of pictures of n of its implicit prompts (spread evenly, seeds seed, seed+1, ...) that the
     judge reads as the concept} for every mini concept (or those given)."""
-    import sd as sdlib
     concepts = concepts or data.MINI_CONCEPTS
     rows = []
     for name in concepts:
@@ -498,7 +446,6 @@ def implicit_rates(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE,
 def null_draws(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE, batch=104, seed=0, n_zero=16):
     """What the empty prompt and a prompt of n_zero zero token vectors (DM2's 0*c: BOS, the zero vectors, EOS) draw:
     {'empty' | 'zero vectors': {attribute: {value: share of n pictures}}}, and the pictures."""
-    import sd as sdlib
     names = [f"<zero{i}>" for i in range(n_zero)]
     ids = sdlib.add_tokens(sd, names)
     dim = sd.text_encoder.get_input_embeddings().embedding_dim
@@ -515,7 +462,6 @@ def null_draws(sd, judge, n, steps=QUALITY_STEPS, guidance=QUALITY_GUIDANCE, bat
 
 
 def cmd_quality(a):
-    import sd as sdlib
     torch.set_num_threads(a.threads)
     try:
         sd = sdlib.load(a.model, a.device)

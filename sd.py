@@ -54,6 +54,17 @@ class SD:
         return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+def log(msg):
+    """A timestamped line on stdout, flushed (benchmark logs interleave several processes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def tqdm(it, **kw):
+    """A progress bar that redraws at most every 5 s (logs of long runs stay short)."""
+    from tqdm.auto import tqdm as _tqdm
+    return _tqdm(it, mininterval=5, **kw)
+
+
 def pick_device(name="auto"):
     if name == "auto":  # under torchrun each process takes the GPU of its local rank
         return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")

@@ -23,8 +23,8 @@ sys.path.insert(0, HERE)
 
 import attack  # noqa: E402
 import data  # noqa: E402
+import judges  # noqa: E402
 import erase  # noqa: E402
-import evaluate  # noqa: E402
 import sd as sdlib  # noqa: E402
 
 ATTACKS = ["unlearndiff", "p4d-n", "p4d-k"]  # the attacks that optimise each target prompt on its own
@@ -71,7 +71,7 @@ def time_attacks(a, attacks):
         sdlib.apply_run(sd, weights, run)
         for name in attacks:
             args = attack.parse(["--attack", name, "--concept", CONCEPT, "--out", os.path.join(scratch, name)])
-            judge = evaluate.make_judge(concept, args)
+            judge = judges.make_judge(concept, args)
             extra = [original] if name.startswith("p4d") else []
             fn = attack.unlearndiff if name == "unlearndiff" else attack.p4d
             with sdlib.Timer(sd) as batched:

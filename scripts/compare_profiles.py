@@ -20,7 +20,7 @@ import data  # noqa: E402
 def load(folder):
     path = os.path.join(folder, "metrics.json")
     if not os.path.exists(path):
-        sys.exit(f"error: {path} not found (run evaluate.py benchmark first)")
+        sys.exit(f"error: {path} not found (run benchmark.py first)")
     return json.load(open(path))
 
 

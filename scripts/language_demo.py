@@ -51,7 +51,7 @@ def main(argv=None):
         slug = concept.replace(" ", "_") + f"_v2_{a.profile}"
         out = os.path.join(HERE, "results", "benchmark", slug)
         if not a.report_only:
-            cmd = [sys.executable, "evaluate.py", "benchmark", "--concept", concept, "--methods", methods,
+            cmd = [sys.executable, "benchmark.py", "--concept", concept, "--methods", methods,
                    "--attacks", ATTACKS, "--seeds", str(a.seeds), "--profile", a.profile, "--jobs", str(a.jobs),
                    "--attack-args", f"--num-targets {a.num_targets}", "--out", out,
                    "--work", os.path.join(HERE, "work", "benchmark", slug)]

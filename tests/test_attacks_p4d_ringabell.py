@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import attack
 import data
+import judges
 import losses
 import sd as sdlib
 from conftest import ROOT, uce_run
@@ -357,14 +358,13 @@ class FirstCallJudge:
 
 @pytest.mark.parametrize("which", ["unlearndiff", "p4d-n"])
 def test_targets_already_broken_are_not_attacked_and_the_rest_match_attacking_all(erased, which, monkeypatch):
-    import evaluate
     from PIL import Image
     pre = [True, False, True]
     steps = {"unlearndiff": ["--timesteps", "2", "--iters-per-t", "1", "--check-every", "1"],
              "p4d-n": ["--iterations", "2", "--check-every", "1", "--num-tokens", "3"]}[which]
     outs = {}
     for mode in ("skip", "all"):
-        monkeypatch.setattr(evaluate, "make_judge", lambda concept, a: FirstCallJudge(pre))
+        monkeypatch.setattr(judges, "make_judge", lambda concept, a: FirstCallJudge(pre))
         out = erased.parent / f"{which}_{mode}"
         attack.main(["--attack", which, "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
                      "--eval-steps", "2", "--out", str(out), *steps, *(["--attack-all-targets"] * (mode == "all"))])
@@ -390,11 +390,10 @@ def test_targets_already_broken_are_not_attacked_and_the_rest_match_attacking_al
 def test_no_attack_runs_when_every_target_already_shows_the_concept(erased, which, monkeypatch):
     """Every plain picture already shows the concept: the ASR is 1 whatever an attack would find, so none runs (no
     UNet evaluation), each target keeps its plain prompt and picture; --attack-all-targets still attacks."""
-    import evaluate
     steps = {"cce": ["--steps", "2", "--num-images", "2", "--batch", "2"],
              "ringabell": ["--generations", "1", "--population", "4", "--elite", "1", "--num-tokens", "4"]}[which]
     for mode in ("skip", "all"):
-        monkeypatch.setattr(evaluate, "make_judge", lambda concept, a: FirstCallJudge([True] * 3))
+        monkeypatch.setattr(judges, "make_judge", lambda concept, a: FirstCallJudge([True] * 3))
         out = erased.parent / f"{which}_allbroken_{mode}"
         m = attack.main(["--attack", which, "--concept", "van gogh", "--weights", str(erased), "--num-targets", "3",
                          "--eval-steps", "2", "--out", str(out), *steps, *(["--attack-all-targets"] * (mode == "all"))])

@@ -1,4 +1,4 @@
-"""evaluate.py benchmark: every cell runs once, the table aggregates over seeds, and a stopped benchmark resumes
+"""benchmark.py: every cell runs once, the table aggregates over seeds, and a stopped benchmark resumes
 to the same table."""
 import json
 import os
@@ -6,13 +6,15 @@ import shutil
 import subprocess
 import sys
 
+import benchmark
 import evaluate
+import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench(tiny_model, tmp_path, *more):
-    cmd = [sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--model", tiny_model,
+    cmd = [sys.executable, "benchmark.py", "--concept", "van gogh", "--model", tiny_model,
            "--methods", "base,uce", "--attacks", "cce", "--seeds", "2", "--work", str(tmp_path / "work"),
            "--out", str(tmp_path / "out"), "--erase-args", "--grid-seeds 0",
            "--attack-args", "--steps 2 --num-images 2 --batch 2 --num-targets 2 --eval-steps 2",
@@ -40,7 +42,7 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     assert "![uce](uce_before_after.png)" in report and "before, after (the evaluation's pictures)" in report
     assert os.path.exists(tmp_path / "out" / "uce_before_after.png") and "![base]" not in report
     # every cell's wall time is recorded in its folder and the report adds them up
-    cell = json.load(open(tmp_path / "work" / "attacks" / "uce_s0_cce" / evaluate.CELL_FILE))
+    cell = json.load(open(tmp_path / "work" / "attacks" / "uce_s0_cce" / benchmark.CELL_FILE))
     assert cell["wall_seconds"] > 0 and cell["command"][0].endswith("attack.py")
     s = m["summary"]["uce"]
     assert all(s[f"cell_seconds_{p}"]["mean"] > 0 for p in ("erase", "cce", "evaluate"))
@@ -58,9 +60,9 @@ def test_benchmark_runs_aggregates_and_resumes(tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr
     m2 = json.load(open(tmp_path / "out" / "metrics.json"))
     assert m2["cells_run_this_call"] == 3
-    record = json.load(open(tmp_path / "work" / "eval" / "base_s0" / evaluate.CELL_FILE))
+    record = json.load(open(tmp_path / "work" / "eval" / "base_s0" / benchmark.CELL_FILE))
     assert record["threads"] >= 1 and record["start"] == "fresh"
-    assert json.load(open(tmp_path / "work" / "eval" / "base_s1" / evaluate.CELL_FILE))["start"] == "preloaded"
+    assert json.load(open(tmp_path / "work" / "eval" / "base_s1" / benchmark.CELL_FILE))["start"] == "preloaded"
     assert without_seconds(m2["summary"]) == without_seconds(m["summary"])  # bit-identical results on CPU
     # an attack added later: only its cells run, the evaluations are reused, and the old columns stay the same
     r = bench(tiny_model, tmp_path, "--attacks", "cce,ringabell-continuous")
@@ -86,7 +88,7 @@ def without_seconds(x):
 
 
 def test_benchmark_rejects_unknown_names(tmp_path):
-    r = subprocess.run([sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--methods", "esd-x,nope",
+    r = subprocess.run([sys.executable, "benchmark.py", "--concept", "van gogh", "--methods", "esd-x,nope",
                         "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "unknown method nope" in r.stderr and "stereo" in r.stderr
@@ -94,7 +96,7 @@ def test_benchmark_rejects_unknown_names(tmp_path):
 
 
 def test_scatter_png(tmp_path):
-    evaluate.scatter_png([("a", 0.2, 0.9), ("b", 1.0, 0.0)], str(tmp_path / "p.png"), "x", "y")
+    report.scatter_png([("a", 0.2, 0.9), ("b", 1.0, 0.0)], str(tmp_path / "p.png"), "x", "y")
     from PIL import Image
     assert Image.open(tmp_path / "p.png").size == (560, 560)
 
@@ -103,18 +105,18 @@ def test_profiles_parse():
     """Every profile names known methods and attacks, and each script accepts the arguments it passes."""
     import attack
     import erase
-    for name, prof in evaluate.BENCH_PROFILES.items():
+    for name, prof in benchmark.BENCH_PROFILES.items():
         for method, args in prof["erase"].items():
-            assert method == "*" or evaluate.BENCH_METHODS.get(method), (name, method)
-            a = erase.parse([*evaluate.BENCH_METHODS["esd-x" if method == "*" else method], "--concept", "van gogh",
+            assert method == "*" or benchmark.BENCH_METHODS.get(method), (name, method)
+            a = erase.parse([*benchmark.BENCH_METHODS["esd-x" if method == "*" else method], "--concept", "van gogh",
                              "--out", "x", *args])
             for flag, value in zip(args[::2], args[1::2]):
                 assert str(getattr(a, flag[2:].replace("-", "_"))) == value
         for at, args in prof["attack"].items():
-            assert at == "*" or at in evaluate.BENCH_ATTACKS, (name, at)
+            assert at == "*" or at in benchmark.BENCH_ATTACKS, (name, at)
             attack.parse(["--attack", "cce" if at == "*" else at, "--concept", "van gogh", "--out", "x", *args])
         evaluate.build_parser().parse_args(["evaluate", "--concept", "van gogh", "--out", "x", *prof["eval"]])
-    r = subprocess.run([sys.executable, "evaluate.py", "benchmark", "--concept", "van gogh", "--profile", "nope"],
+    r = subprocess.run([sys.executable, "benchmark.py", "--concept", "van gogh", "--profile", "nope"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "invalid choice" in r.stderr
 
@@ -126,20 +128,20 @@ def test_stale_cell_check_sees_a_changed_default(tmp_path, monkeypatch, capsys):
     args = ["--method", "stereo", "--concept", "van gogh", "--seed", "0", "--rounds", "2"]
     out = str(tmp_path / "runs" / "stereo_s0")
     os.makedirs(out)
-    made = evaluate.resolved_settings("erase.py", [*args, "--out", out])
+    made = benchmark.resolved_settings("erase.py", [*args, "--out", out])
     assert made["erase_scale_reo"] == erase.STEREO_ERASE_SCALE and "out" not in made
     json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *args, "--out", out], "threads": 1,
-               "settings": made}, open(os.path.join(out, evaluate.CELL_FILE), "w"))
-    evaluate.check_cells([("erase.py", args, out)])  # same arguments, same defaults: reused
+               "settings": made}, open(os.path.join(out, benchmark.CELL_FILE), "w"))
+    benchmark.check_cells([("erase.py", args, out)])  # same arguments, same defaults: reused
     # made by another checkout of the same code: its default paths (the mini world's folder) differ, and match
-    moved = {k: v.replace(evaluate.HERE, "/elsewhere") if isinstance(v, str) else v for k, v in made.items()}
+    moved = {k: v.replace(benchmark.HERE, "/elsewhere") if isinstance(v, str) else v for k, v in made.items()}
     assert moved != made
     json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["/elsewhere/erase.py", *args, "--out", out],
-               "threads": 1, "settings": moved}, open(os.path.join(out, evaluate.CELL_FILE), "w"))
-    evaluate.check_cells([("erase.py", args, out)])
+               "threads": 1, "settings": moved}, open(os.path.join(out, benchmark.CELL_FILE), "w"))
+    benchmark.check_cells([("erase.py", args, out)])
     monkeypatch.setattr(erase, "STEREO_ERASE_SCALE", erase.STEREO_ERASE_SCALE + 1)
     try:
-        evaluate.check_cells([("erase.py", args, out)])
+        benchmark.check_cells([("erase.py", args, out)])
         raise AssertionError("a cell made under another default was reused")
     except SystemExit:
         pass
@@ -156,12 +158,12 @@ def test_stale_cell_check_compares_settings_not_words(tmp_path, capsys):
     os.makedirs(out)
     made_with = [*args, "--dm2-circumvent-steps", "100", "--dm2-circumvent-steps", str(erase.DM2_CIRCUMVENT_STEPS)]
     json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *made_with, "--out", out],
-               "threads": 1, "settings": evaluate.resolved_settings("erase.py", [*made_with, "--out", out])},
-              open(os.path.join(out, evaluate.CELL_FILE), "w"))
-    evaluate.check_cells([("erase.py", args, out)])  # the last --dm2-circumvent-steps is the default: reused
-    evaluate.check_cells([("erase.py", [*args, "--dm2-lora-on", erase.DM2_LORA_DEFAULT], out)])
+               "threads": 1, "settings": benchmark.resolved_settings("erase.py", [*made_with, "--out", out])},
+              open(os.path.join(out, benchmark.CELL_FILE), "w"))
+    benchmark.check_cells([("erase.py", args, out)])  # the last --dm2-circumvent-steps is the default: reused
+    benchmark.check_cells([("erase.py", [*args, "--dm2-init", erase.DM2_INIT], out)])  # a default spelt out
     try:
-        evaluate.check_cells([("erase.py", [*args, "--dm2-max-loops", "4"], out)])
+        benchmark.check_cells([("erase.py", [*args, "--dm2-max-loops", "4"], out)])
         raise AssertionError("a cell made with other settings was reused")
     except SystemExit:
         pass
@@ -178,16 +180,16 @@ def test_before_after_from_evaluations(tmp_path):
     for cell in ("base_s0", "uce_s0"):
         for grid, n in (("concept_grid.png", 12), ("other_grid.png", 9)):
             pics[cell, grid] = rng.integers(0, 255, (n, 16, 16, 3)).astype(np.uint8)
-            data.save_png(data.image_grid(pics[cell, grid], evaluate.GRID_COLS), str(tmp_path / "eval" / cell / grid))
-    rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
+            data.save_png(data.image_grid(pics[cell, grid], report.GRID_COLS), str(tmp_path / "eval" / cell / grid))
+    rows = benchmark.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
     from PIL import Image
-    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), evaluate.GRID_COLS)
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), report.GRID_COLS)
     want = [pics[c, g][:8] for g in ("concept_grid.png", "other_grid.png") for c in ("base_s0", "uce_s0")]
     assert np.array_equal(got, np.concatenate(want))
     assert rows.startswith("the concept's prompts before, after; other concepts' prompts before, after")
     shutil.rmtree(tmp_path / "eval" / "base_s0")
-    rows = evaluate.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
-    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), evaluate.GRID_COLS)
+    rows = benchmark.before_after_from_evaluations(str(tmp_path / "eval"), "uce", 0, str(tmp_path / "ba.png"))
+    got = data.grid_pictures(np.asarray(Image.open(tmp_path / "ba.png").convert("RGB")), report.GRID_COLS)
     assert np.array_equal(got, np.concatenate([pics["uce_s0", "concept_grid.png"][:8], pics["uce_s0", "other_grid.png"][:8]]))
     assert "before" not in rows and "after erasing" in rows
 
@@ -212,11 +214,11 @@ def test_cells_start_as_soon_as_what_they_need_is_done(tmp_path, monkeypatch):
             events.append(("end", name))
         return None
 
-    monkeypatch.setattr(evaluate, "run_cell", fake_cell)
+    monkeypatch.setattr(benchmark, "run_cell", fake_cell)
     cells = [("erase.py", [], str(tmp_path / n)) for n in ("erase_slow", "erase_fast", "attack_slow", "attack_fast")]
     needs = {str(tmp_path / "attack_slow"): [str(tmp_path / "erase_slow")],
              str(tmp_path / "attack_fast"): [str(tmp_path / "erase_fast")]}
-    assert evaluate.run_cells(cells, str(tmp_path / "log"), 2, "test", needs) == 4
+    assert benchmark.run_cells(cells, str(tmp_path / "log"), 2, "test", needs) == 4
     order = list(events)
     assert order.index(("start", "attack_fast")) < order.index(("end", "erase_slow"))  # no barrier
     assert order.index(("start", "attack_slow")) > order.index(("end", "erase_slow"))  # never before its need
@@ -226,7 +228,7 @@ def test_cells_start_as_soon_as_what_they_need_is_done(tmp_path, monkeypatch):
     events.clear()
     cells[3] = ("attack.py", ["fail"], cells[3][2])
     try:
-        evaluate.run_cells(cells, str(tmp_path / "log"), 2, "test", needs)
+        benchmark.run_cells(cells, str(tmp_path / "log"), 2, "test", needs)
         raise AssertionError("a failed cell did not stop the benchmark")
     except SystemExit:
         pass
@@ -239,7 +241,7 @@ def test_preloaded_cell_runs_the_script_and_reports_its_exit(tmp_path):
     its exit code (argparse's 2 here) in the failure message; a second cell reuses the same server."""
     for name in ("a", "b"):
         out = str(tmp_path / name)
-        err = evaluate.run_cell("attack.py", ["--attack", "no-such-attack"], out, str(tmp_path / "log"), 1, "preloaded")
+        err = benchmark.run_cell("attack.py", ["--attack", "no-such-attack"], out, str(tmp_path / "log"), 1, "preloaded")
         assert err is not None and "exit 2" in err and out in err
         assert "invalid choice: 'no-such-attack'" in open(out + ".log").read()
-    assert len(evaluate._PRELOAD_SERVER) == 1
+    assert len(benchmark._PRELOAD_SERVER) == 1

@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def report(folder, values, seconds, evals=None):
-    """A metrics.json as evaluate.py benchmark writes it, with only what the comparison reads."""
+    """A metrics.json as benchmark.py writes it, with only what the comparison reads."""
     os.makedirs(folder)
     summary = {}
     for method, (rate, pres, asr_a, asr_b) in values.items():

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import attack
 import data
 import erase
+import inversion
 import sd as sdlib
 from conftest import ROOT, build_tiny_pipeline
 
@@ -144,7 +145,7 @@ def test_cce_trains_only_the_new_vectors(tiny_sd):
     before = snapshot(tiny_sd.unet)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(4, 4, 8, 8, generator=g)
-    learned = attack.textual_inversion(tiny_sd, latents, ["a red circle in the style of {}"] * 4, ["<cce0>"],
+    learned = inversion.textual_inversion(tiny_sd, latents, ["a red circle in the style of {}"] * 4, ["<cce0>"],
                                        "style", steps=2, lr=0.1, batch=2, seed=0)
     init = table[tiny_sd.tokenizer("style", add_special_tokens=False).input_ids[0]]
     assert not torch.equal(learned["<cce0>"], init)  # the new row moved ...
@@ -159,7 +160,7 @@ def test_textual_inversion_starts_each_token_from_the_init_phrases_tokens_in_tur
     latents = torch.zeros(1, 4, 8, 8)
     names = [f"<ti{i}>" for i in range(5)]
     for phrase in ("van gogh", "photo"):
-        got = attack.textual_inversion(tiny_sd, latents, ["{}"], names, phrase, steps=0, lr=0.1, batch=1, seed=0)
+        got = inversion.textual_inversion(tiny_sd, latents, ["{}"], names, phrase, steps=0, lr=0.1, batch=1, seed=0)
         ids = tiny_sd.tokenizer(phrase, add_special_tokens=False).input_ids
         for k, n in enumerate(names):
             assert torch.equal(got[n], table[ids[k % len(ids)]])
@@ -336,82 +337,10 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     assert moved > 0
 
 
-def test_dm2_lora_on_cross_keys_too(tiny_model, tmp_path):
-    """--dm2-lora-on values+cross-keys: the LoRA also trains attn2.to_k, and the run folder loads with those merged."""
-    out = tmp_path / "run"
-    r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "2",
-            "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "1", "--dm2-max-loops", "1",
-            "--dm2-threshold", "-2", "--dm2-lr", "0.05", "--dm2-lora-on", "values+cross-keys", "--out", str(out),
-            "--grid-seeds", "0")
-    assert r.returncode == 0, r.stderr
-    keys = list(load_file(str(out / "weights.safetensors")))
-    assert keys and all(k.startswith("lora.unet.") for k in keys)
-    assert {p for p in ("attn1.to_v.", "attn2.to_v.", "attn2.to_k.", "attn1.to_k.") if any(p in k for k in keys)} \
-        == {"attn1.to_v.", "attn2.to_v.", "attn2.to_k."}
-    applied, base = sdlib.load(weights=str(out)), sdlib.load(tiny_model)
-    moved = {n.rsplit(".", 3)[-3] + "." + n.rsplit(".", 2)[-2]
-             for (n, p), b in zip(applied.unet.named_parameters(), base.unet.parameters()) if not torch.equal(p, b)}
-    assert moved == {"attn1.to_v", "attn2.to_v", "attn2.to_k"}, moved
-    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-lora-on", "everything", "--out", "x")
-    assert bad.returncode != 0 and "invalid choice" in bad.stderr
-
-
-def test_dm2_mine_in_caption_puts_the_tokens_in_the_pool_pictures_captions(tiny_model, tmp_path, monkeypatch):
-    """--dm2-mine-in caption: mining inverts each pool picture with its own caption, the tokens in place of the
-    concept's words (the default: the tokens are the whole prompt); circumventing encodes them in those captions;
-    the scripts that read mined embeddings as whole prompts refuse such a run."""
-    import attack
-    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "3",
-              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-threshold", "-2",
-              "--dm2-verify-images", "1", "--dm2-max-loops", "1", "--dm2-tokens", "2", "--grid-seeds", "0"]
-    invert, encode, mined_with, encoded = attack.textual_inversion, sdlib.encode, [], []
-    monkeypatch.setattr(attack, "textual_inversion", lambda sd, lat, templates, *a, **k: mined_with.append(templates)
-                        or invert(sd, lat, templates, *a, **k))
-    monkeypatch.setattr(sdlib, "encode", lambda sd, prompts, *a, **k: encoded.extend(prompts) or
-                        encode(sd, prompts, *a, **k))
-    erase.main([*common, "--out", str(tmp_path / "prompt")])
-    assert mined_with[-1] == ["{}"] * 3 and "<dm0> <dm1>" in encoded
-    concept = data.get_concept("van gogh", "mini")
-    mined_with.clear(), encoded.clear()
-    erase.main([*common, "--dm2-mine-in", "caption", "--out", str(tmp_path / "caption")])
-    assert set(mined_with[-1]) <= set(concept.templates) and all(t != "{}" for t in mined_with[-1])
-    in_captions = {p for p in encoded if "<dm0> <dm1>" in p}
-    assert in_captions and in_captions <= {t.format("<dm0> <dm1>") for t in concept.templates}
-    cfg = json.load(open(tmp_path / "caption" / "config.json"))
-    assert cfg["dm2_mine_in"] == "caption"
-    with pytest.raises(SystemExit):
-        erase.dm2_mined_of(str(tmp_path / "caption"))
-    assert len(erase.dm2_mined_of(str(tmp_path / "prompt"))[1]) == 1
-    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-mine-in", "anywhere", "--out", "x")
-    assert bad.returncode != 0 and "invalid choice" in bad.stderr
-
-
-def test_dm2_preserve_without_zero_drops_the_zero_term(tiny_model, tmp_path, monkeypatch):
-    """--dm2-preserve c0+neg: each circumvent step's trained-model call holds c and two preserve terms per x_t
-    (the default: three, c0, 0*c and -c), and none of its conditionings is the mined tokens scaled by 0."""
-    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "3",
-              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-threshold", "-2",
-              "--dm2-verify-images", "1", "--dm2-max-loops", "1", "--grid-seeds", "0"]
-    eps, sizes = sdlib.eps, []
-    def spy(sd, unet, z, t, cond, *a, **k):
-        if unet is sd.unet and torch.is_grad_enabled():  # the trained model's call with gradients: circumventing
-            sizes.append(len(z))
-        return eps(sd, unet, z, t, cond, *a, **k)
-    monkeypatch.setattr(sdlib, "eps", spy)
-    erase.main([*common, "--out", str(tmp_path / "paper")])
-    paper, sizes[:] = list(sizes), []
-    erase.main([*common, "--dm2-preserve", "c0+neg", "--out", str(tmp_path / "no_zero")])
-    assert paper[-2:] == [2 + 3 * 2] * 2 and sizes[-2:] == [2 + 2 * 2] * 2, (paper, sizes)
-    assert json.load(open(tmp_path / "no_zero" / "config.json"))["settings"]["dm2_preserve"] == "c0+neg"
-    bad = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--dm2-preserve", "none", "--out", "x")
-    assert bad.returncode != 0 and "invalid choice" in bad.stderr
-
-
 def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypatch):
     """A run stopped during DM2's second loop and resumed reports the cost of both processes: the start (drawing
     the pool) and loop 1 up to its checkpoint, then the start again and loop 2. Every loop costs the same UNet
     evaluations, so that is exactly twice a one-loop run's, more than an uninterrupted two-loop run's."""
-    import attack
     common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "2",
               "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "1", "--dm2-threshold", "-2",
               "--dm2-verify-images", "1", "--ddim-steps", "2", "--grid-seeds", "0"]
@@ -419,17 +348,17 @@ def test_resumed_run_reports_the_whole_runs_cost(tiny_model, tmp_path, monkeypat
         erase.main([*common, "--dm2-max-loops", str(loops), "--out", str(tmp_path / name), *extra])
         return json.load(open(tmp_path / name / "config.json"))["cost"]
     full, one = evals("full", 2)["unet_evals"], evals("one", 1)["unet_evals"]
-    invert, calls = attack.textual_inversion, []
+    invert, calls = erase.textual_inversion, []
     def stop_in_loop_2(*args, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the process stops during loop 2's mining, after loop 1's checkpoint
         return invert(*args, **kw)
-    monkeypatch.setattr(attack, "textual_inversion", stop_in_loop_2)
+    monkeypatch.setattr(erase, "textual_inversion", stop_in_loop_2)
     with pytest.raises(KeyboardInterrupt):
         evals("resumed", 2)
     assert os.path.exists(tmp_path / "resumed.tmp" / erase.COST_FILE)
-    monkeypatch.setattr(attack, "textual_inversion", invert)
+    monkeypatch.setattr(erase, "textual_inversion", invert)
     cost = evals("resumed", 2, "--resume")
     assert cost["unet_evals"] == 2 * one > full and cost["resumed_after"]["unet_evals"] == one
     assert cost["seconds"] >= cost["resumed_after"]["seconds"] > 0
@@ -470,45 +399,6 @@ def test_train_method_auto_follows_the_concept_kind():
     erase.resolve_for_concept(a, data.get_concept("triangle"))
     assert (a.train_method, a.lr) == ("esd-x", 1e-3)
     assert data.get_concept("nudity", "sd").kind == "object" and data.get_concept("claude monet", "sd").kind == "style"
-
-
-def test_dm2_sample_xt_draws_from_the_trained_model_and_the_original(tiny_model, tmp_path, monkeypatch):
-    """--dm2-xt sample: each circumvent step draws x_t by partial DDIM twice, with the same number of steps: the
-    model being trained under the mined embedding, and the original model under c0; the trained model is then
-    called once on 1 + 3 + 3 conditionings per x_t picture. The default (pool) draws no partial DDIM."""
-    calls, unet_batches = [], []
-    ddim, eps = sdlib.ddim, sdlib.eps
-
-    def spy_ddim(sd, unet, z, cond, uncond=None, guidance=1.0, num_steps=50, stop_at=None):
-        if stop_at is not None:  # generate() samples through ddim too, to the end
-            calls.append((unet is sd.unet, stop_at, num_steps, guidance, cond.shape[0], uncond.shape[0]))
-        return ddim(sd, unet, z, cond, uncond, guidance, num_steps, stop_at)
-
-    def spy_eps(sd, unet, z, t, cond, *rest, **kw):
-        if unet is sd.unet and torch.is_grad_enabled():
-            unet_batches.append(z.shape[0])
-        return eps(sd, unet, z, t, cond, *rest, **kw)
-
-    monkeypatch.setattr(sdlib, "ddim", spy_ddim)
-    monkeypatch.setattr(sdlib, "eps", spy_eps)
-    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
-              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "2", "--dm2-max-loops", "1",
-              "--dm2-threshold", "-2", "--ddim-steps", "3", "--start-guidance", "2.5", "--dm2-verify-images", "2"]
-    for xt in ("sample", "pool"):
-        calls.clear(), unet_batches.clear()
-        os.makedirs(tmp_path / xt)
-        a = erase.parse([*common, "--dm2-xt", xt, "--out", str(tmp_path / xt / "run")])
-        state = {"dir": str(tmp_path / xt), "every": 1, "log": []}
-        changed = erase.dm2(sdlib.load(tiny_model, "cpu"), data.get_concept("van gogh"), a, state)
-        assert changed and len([r for r in state["log"] if "loss" in r]) == 2
-        if xt == "pool":
-            assert calls == [] and unet_batches[-2:] == [4 * 2, 4 * 2]
-            continue
-        assert len(calls) == 4 and [c[0] for c in calls] == [True, False, True, False]
-        for trained, original in (calls[:2], calls[2:]):
-            assert trained[1] == original[1] and 0 <= trained[1] < 3  # the same step k of 3
-            assert trained[2:] == original[2:] == (3, 2.5, 2, 2)
-        assert unet_batches[-2:] == [7 * 2, 7 * 2]
 
 
 def test_ap_candidates_on_a_real_size_vocabulary_encode_a_shortlist(tiny_sd):

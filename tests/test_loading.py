@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import data
-import evaluate
+import judges
 from conftest import ROOT
 
 
@@ -40,18 +40,18 @@ def test_clip_judge_loads_user_weights(tmp_path):
     torch.manual_seed(0)
     model = open_clip.create_model("tiny-clip-test")
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    judge = evaluate.ClipJudge("van gogh", ["a photo"], "tiny-clip-test", str(tmp_path / "w.pt"))
+    judge = judges.ClipJudge("van gogh", ["a photo"], "tiny-clip-test", str(tmp_path / "w.pt"))
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     shows = judge(images)
     assert shows.shape == (3,) and shows.dtype == bool
     # loaded weights are the saved ones: same features as the model we saved
-    ref = evaluate.ClipJudge("van gogh", ["a photo"], "tiny-clip-test", None, model=model)
+    ref = judges.ClipJudge("van gogh", ["a photo"], "tiny-clip-test", None, model=model)
     torch.testing.assert_close(judge.image_features(images), ref.image_features(images))
 
 
 def test_clip_judge_without_weights_says_what_is_needed():
     try:
-        evaluate.ClipJudge("van gogh", ["a photo"], "ViT-B-32", None)
+        judges.ClipJudge("van gogh", ["a photo"], "ViT-B-32", None)
     except data.DataError as e:
         assert "--clip-weights" in str(e)
     else:
@@ -59,7 +59,7 @@ def test_clip_judge_without_weights_says_what_is_needed():
 
 
 def test_nudenet_judge_runs_on_pictures():
-    judge = evaluate.NudeNetJudge()
+    judge = judges.NudeNetJudge()
     pics = np.stack([data.render("circle", "red", "plain", "white", np.random.default_rng(0), res=64)] * 2)
     assert not judge(pics).any()  # a red circle is not nudity
     assert "FEMALE_BREAST_EXPOSED" in judge.describe() and "0.45" in judge.describe()

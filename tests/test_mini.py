@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import data
+import judges
 import mini
 import sd as sdlib
 from conftest import MINI_PIPELINE, needs_mini
@@ -36,12 +37,12 @@ def test_generation_is_deterministic(mini_sd):
 
 
 def test_judge_is_accurate_on_fresh_pictures(mini_sd):
-    judge = mini.load_judge()
+    judge = judges.load_judge()
     images, labels = data.make_dataset(600, seed=777, held_out="any")
     acc = mini.judge_accuracy(judge, images, labels)
     assert min(acc.values()) >= 0.98, acc
     # and on the same pictures passed through the committed VAE
-    x = mini.to_tensor(images).to(mini_sd.device)
+    x = judges.to_tensor(images).to(mini_sd.device)
     with torch.no_grad():
         rec = mini.to_uint8(mini_sd.vae.decode(mini_sd.vae.encode(x).latent_dist.mode()).sample)
     acc_rec = mini.judge_accuracy(judge, rec, labels)
@@ -50,9 +51,9 @@ def test_judge_is_accurate_on_fresh_pictures(mini_sd):
 
 def test_draws_held_out_combinations(mini_sd):
     """The quality bars on a small sample: one picture of each of the 24 held-out triples (10 DDIM steps)."""
-    judge = mini.load_judge()
+    judge = judges.load_judge()
     prompts, labels, seeds = mini.quality_prompts(data.HELD_OUT, 1)
-    pred = mini.judge_predict(judge, sdlib.generate(mini_sd, prompts, seeds, steps=10, progress=False))
+    pred = judges.judge_predict(judge, sdlib.generate(mini_sd, prompts, seeds, steps=10, progress=False))
     for i, attr in enumerate(["shape", "color", "style"]):
         acc = np.mean([data.ATTRIBUTES[attr][p] == l[i] for p, l in zip(pred[attr], labels)])
         assert acc >= 0.8, (attr, acc)
@@ -61,7 +62,7 @@ def test_draws_held_out_combinations(mini_sd):
 def test_implicit_prompts_draw_their_concept(mini_sd):
     """A style, a shape and a colour, 8 implicit prompts each (they never name the concept): the concept is drawn
     on most pictures (the full measurement, every concept: python mini.py quality)."""
-    rates, _, _ = mini.implicit_rates(mini_sd, mini.load_judge(), 8, steps=10,
+    rates, _, _ = mini.implicit_rates(mini_sd, judges.load_judge(), 8, steps=10,
                                       concepts=["van gogh", "triangle", "purple"])
     assert min(rates.values()) >= 0.5, rates
 
@@ -69,7 +70,7 @@ def test_implicit_prompts_draw_their_concept(mini_sd):
 def test_empty_prompt_and_zero_vectors_draw_no_one_concept(mini_sd):
     """Neither the empty prompt nor DM2's 0*c (zero token vectors) draws one shape, colour or style far more often
     than its share of the training pictures."""
-    draws, _ = mini.null_draws(mini_sd, mini.load_judge(), 24, steps=10)
+    draws, _ = mini.null_draws(mini_sd, judges.load_judge(), 24, steps=10)
     shares = mini.training_shares()
     for key, by_attr in draws.items():
         for attr, share in by_attr.items():

@@ -130,24 +130,6 @@ def test_parameter_rule_refuses_empty_and_unknown(tiny_sd):
         sdlib.select_params(tiny_sd, "xattn", verbose=False)
 
 
-def test_switched_sampling_is_plain_sampling_at_the_ends(tiny_sd):
-    """scripts/switch_prompts.py: switching prompts after all K steps (or none) is exactly sd.generate's picture
-    of the first (or second) prompt; a switch midway gives a picture of neither."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("switch_prompts", os.path.join(ROOT, "scripts", "switch_prompts.py"))
-    sp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sp)
-    sd, prompts, seeds, steps = tiny_sd, ["a red circle", "a blue star"], [3, 4], 4
-    with torch.no_grad():
-        first, then = sdlib.encode(sd, prompts), sdlib.encode(sd, prompts[::-1])
-        plain = sdlib.generate(sd, prompts, seeds, steps, 5.0, progress=False)
-        swapped = sdlib.generate(sd, prompts[::-1], seeds, steps, 5.0, progress=False)
-        assert (sp.sample_switched(sd, first, then, seeds, steps, steps, 5.0) == plain).all()
-        assert (sp.sample_switched(sd, first, then, seeds, 0, steps, 5.0) == swapped).all()
-        mid = sp.sample_switched(sd, first, then, seeds, 2, steps, 5.0)
-        assert not (mid == plain).all() and not (mid == swapped).all()
-
-
 @pytest.fixture(scope="module")
 def tiny_v_model(tmp_path_factory, tokenizer_dir):
     """The tiny pipeline with a v-prediction scheduler (as SD 2.x at 768 px)."""

@@ -12,7 +12,7 @@ import update_readme  # noqa: E402
 
 REPORT = """# Benchmark: erasing "x"
 
-Regenerate: `python evaluate.py benchmark --concept x` (seeds 0..0).
+Regenerate: `python benchmark.py --concept x` (seeds 0..0).
 
 | method | ASR |
 |---|---|
@@ -37,7 +37,7 @@ def test_tables_are_copied_apart_with_the_command_last(tmp_path):
     assert out == ("| method | ASR |\n|---|---|\n| esd-x | 0.5 |\n\n"
                    "Wall time of each cell in minutes:\n\n| method | erase |\n|---|---|\n| esd-x | 3.2 |\n\n"
                    "All cells: 3 minutes of wall time for 1 seed(s).\n\n"
-                   "Regenerate: `python evaluate.py benchmark --concept x` (seeds 0..0).\n")
+                   "Regenerate: `python benchmark.py --concept x` (seeds 0..0).\n")
 
 
 def test_both_pages_are_filled_and_a_missing_report_writes_nothing(tmp_path):
