@@ -231,7 +231,7 @@ def pool_of(sd, attack, pool):
     on real SD UnlearnDiff's whole vocabulary (all, as its paper) and whole words for P4D and Ring-A-Bell."""
     if pool != "auto":
         return pool
-    if data.world_of(sd.image_size) == "mini":
+    if sd.world == "mini":
         return "trained"
     return "all" if attack == "unlearndiff" else "words"
 
@@ -733,7 +733,7 @@ def main(argv=None):
         run = sdlib.read_run_config(a.weights) if a.weights else None
         # the original model first: it draws the attack's reference pictures; the run is applied after
         sd = sdlib.load(a.model or (sdlib.base_model_of(run) if run else None), a.device, a.half)
-        concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
+        concept = data.get_concept(a.concept, sd.world, a.concept_file)
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line
         targets = pick_targets(concept, a.num_targets, a.seed, a.targets)

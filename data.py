@@ -626,14 +626,6 @@ def sd_concept(name):
 SD_CONCEPTS = ["van gogh", *SD_ARTISTS, *SD_OBJECTS, "nudity"]
 
 
-MINI_MAX_PIXELS = 64  # models drawing pictures this small or smaller use the mini world's presets
-
-
-def world_of(image_pixels):
-    """'mini' for a model that draws mini-world-sized pictures (the mini pipeline, tiny test models), else 'sd'."""
-    return "mini" if image_pixels <= MINI_MAX_PIXELS else "sd"
-
-
 def concept_from_file(path):
     """A concept preset from a JSON file: {"name", "words", "prompts", "templates" (each with '{}'), "guides",
     optional "anchors", "scene_anchors", "other_prompts", "judge" (mini/nudenet/clip), "attribute", "value",
@@ -668,7 +660,7 @@ def concept_from_file(path):
 
 
 def get_concept(name, world="mini", concept_file=None):
-    """The preset for `name` in `world` ('mini' or 'sd', see world_of), or the concept in `concept_file`;
+    """The preset for `name` in `world` ('mini' or 'sd': sd.SD.world), or the concept in `concept_file`;
     DataError listing what is accepted."""
     if concept_file:
         return concept_from_file(concept_file)
@@ -676,6 +668,12 @@ def get_concept(name, world="mini", concept_file=None):
         raise ValueError(f"world must be mini or sd, not {world!r}")
     key = name.strip().lower()
     concept = mini_concept(key) if world == "mini" else sd_concept(key)
+    if concept is None and world == "sd" and mini_concept(key) is not None:
+        raise DataError(f"concept {name!r} belongs to the mini world, and this model is not the mini world's (its "
+                        "folder has no mini_world.json): give a real-SD concept or --concept-file FILE")
+    if concept is None and world == "mini" and sd_concept(key) is not None:
+        raise DataError(f"concept {name!r} is a real-SD concept; this model is the mini world's (mini_world.json "
+                        f"in its folder): its concepts are {', '.join(MINI_CONCEPTS)}")
     if concept is None:
         raise DataError(f"unknown concept {name!r}; mini-world concepts: {', '.join(MINI_CONCEPTS)}; real-SD "
                         f"concepts: {', '.join(SD_CONCEPTS)}; or give --concept-file FILE (JSON, see data.py)")

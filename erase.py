@@ -287,7 +287,7 @@ def ap_candidates(sd, concept, n_candidates, pool):
     whole word of the tokenizer. The mini world: only its captions' words (its text encoder never learned the
     others, so their embeddings are noise), without the concept's own names and synonyms ('vincent')."""
     words = [w for w in vocabulary_words(sd) if w not in concept.words.split()]
-    if data.world_of(sd.image_size) == "mini" and concept.value in data.NAMES:
+    if sd.world == "mini" and concept.value in data.NAMES:
         known = set(data.mini_vocabulary(exclude=concept.value))
         words = [w for w in words if w in known]
     if not words:
@@ -399,7 +399,7 @@ def dm2(sd, concept, a, state):
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
     pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
-    if data.world_of(sd.image_size) == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
+    if sd.world == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
         def enc(x): return torch.from_numpy(judges.judge_features(x, a.mini_dir)).float()  # noqa: E306
     else:
@@ -838,7 +838,7 @@ def main(argv=None):
                    "share their prompts out over torchrun's ranks)")
     try:
         sd = sdlib.load(a.model, a.device, a.half)
-        concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
+        concept = data.get_concept(a.concept, sd.world, a.concept_file)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     resolve_for_concept(a, concept)

@@ -179,7 +179,7 @@ def measure(sd, concept, judge, a, inputs=None):
 
 def cmd_evaluate(a):
     sd = load_model(a)
-    concept = data.get_concept(a.concept, data.world_of(sd.image_size), a.concept_file)
+    concept = data.get_concept(a.concept, sd.world, a.concept_file)
     judge = judges.make_judge(concept, a)
     inputs = user_inputs(a, concept)  # bad files fail here, before anything is drawn or written
     with sdlib.output_dir(a.out, a.overwrite) as tmp:

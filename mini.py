@@ -379,6 +379,7 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)  # half-precision storage; loaders upcast on CPU
+    sdlib.mark_mini_world(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,

@@ -15,6 +15,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "mini", "pipeline")  # the mini world; a hub id or folder runs the same code
+MINI_WORLD_FILE = "mini_world.json"  # in a pipeline folder: the model is the mini world's (its presets, judge)
 
 # Named rules for the parameters a method may train. ESD-x: cross-attention only; ESD-u: everything except
 # cross-attention and (as in the ESD code) the time embedding and the output convolution.
@@ -43,6 +44,7 @@ class SD:
     name: str
     counts: dict = field(default_factory=lambda: {"unet": 0, "text_encoder": 0})  # evaluations (rows of a batch)
     prediction_type: str = "epsilon"  # what the UNet predicts (the scheduler's config): epsilon or v_prediction
+    world: str = "sd"  # whose concept presets and judges apply: "mini" (MINI_WORLD_FILE in its folder) or "sd"
 
     @property
     def latent_shape(self):
@@ -126,10 +128,22 @@ def _load_pipeline(model, device, half):
                         f"{', '.join(PREDICTION_TYPES)}")
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     sd = SD(pipe.tokenizer, pipe.text_encoder.to(dev), pipe.unet.to(dev), pipe.vae.to(dev), scheduler, dev, dtype,
-            model, prediction_type=prediction)
+            model, prediction_type=prediction, world=world_of_folder(model) if is_dir else "sd")
     for m in (sd.text_encoder, sd.unet, sd.vae):
         m.eval().requires_grad_(False)
     return sd
+
+
+def world_of_folder(folder):
+    """'mini' for a pipeline folder marked as the mini world (mini/pipeline, the tests' toy models), else 'sd': the
+    world is what the model is, not how big its pictures are."""
+    return "mini" if os.path.exists(os.path.join(folder, MINI_WORLD_FILE)) else "sd"
+
+
+def mark_mini_world(folder, **info):
+    """Mark a pipeline folder as a mini-world model (mini.py's export, the tests' toy pipelines)."""
+    with open(os.path.join(folder, MINI_WORLD_FILE), "w") as f:
+        json.dump({"world": "mini", **info}, f, indent=1)
 
 
 # ---- run folders: what an erasure changed, and how to put it back on a base model -------------------------------
@@ -211,6 +225,8 @@ def export_pipeline(sd, folder):
                                    scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
+    if sd.world == "mini":  # the exported model is still the mini world's
+        mark_mini_world(folder)
 
 
 # ---- prompts -----------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def time_attacks(a, attacks):
             erase.main(["--method", "uce", "--concept", CONCEPT, "--out", weights, "--grid-seeds", "1"])
         run = sdlib.read_run_config(weights)
         sd = sdlib.load(sdlib.base_model_of(run))  # the original model first: it draws the target pictures
-        concept = data.get_concept(CONCEPT, data.world_of(sd.image_size))
+        concept = data.get_concept(CONCEPT, sd.world)
         targets = attack.pick_targets(concept, a.targets, 0)
         reference = sdlib.generate(sd, [t for t, _ in targets], [s for _, s in targets], attack.EVAL_STEPS,
                                    attack.EVAL_GUIDANCE)

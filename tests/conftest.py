@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mini  # noqa: E402
+import sd  # noqa: E402
 
 MINI_PIPELINE = os.path.join(ROOT, "mini", "pipeline")
 needs_mini = pytest.mark.skipif(not os.path.exists(os.path.join(MINI_PIPELINE, "model_index.json")),
@@ -28,6 +29,7 @@ def build_tiny_pipeline(folder, tokenizer_dir, seed=0):
         scheduler=mini.build_scheduler("ddim"), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.save_pretrained(folder)
+    sd.mark_mini_world(folder)  # a toy stand-in for the mini world: its presets and judge
     return folder
 
 

@@ -407,7 +407,7 @@ def test_ap_candidates_on_a_real_size_vocabulary_encode_a_shortlist(tiny_sd):
     from unittest import mock
     concept = data.get_concept("van gogh", "sd")
     before = tiny_sd.counts["text_encoder"]
-    with mock.patch.object(data, "world_of", lambda size: "sd"):
+    with mock.patch.object(tiny_sd, "world", "sd"):
         words = erase.ap_candidates(tiny_sd, concept, 16, 64)
     calls = tiny_sd.counts["text_encoder"] - before
     assert len(erase.vocabulary_words(tiny_sd)) > 30000

@@ -63,3 +63,20 @@ def test_nudenet_judge_runs_on_pictures():
     pics = np.stack([data.render("circle", "red", "plain", "white", np.random.default_rng(0), res=64)] * 2)
     assert not judge(pics).any()  # a red circle is not nudity
     assert "FEMALE_BREAST_EXPOSED" in judge.describe() and "0.45" in judge.describe()
+
+
+def test_the_world_is_what_the_model_is_not_its_picture_size(tiny_model, tmp_path):
+    """A small model is the mini world only when its folder says so (mini_world.json): the same toy pipeline without
+    the marker loads as a real-SD model, and a mini-world concept on it is refused in one line."""
+    import sd as sdlib
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    os.remove(plain / sdlib.MINI_WORLD_FILE)
+    assert sdlib.load(tiny_model, "cpu").world == "mini" and sdlib.load(str(plain), "cpu").world == "sd"
+    assert sdlib.load(os.path.join(ROOT, "mini", "pipeline"), "cpu").world == "mini"  # the committed mini world
+    r = subprocess.run([sys.executable, "erase.py", "--method", "uce", "--concept", "triangle", "--model", str(plain),
+                        "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "belongs to the mini world" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    with __import__("pytest").raises(data.DataError, match="real-SD concept"):
+        data.get_concept("nudity", "mini")
