@@ -15,6 +15,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "mini", "pipeline")  # the mini world; a hub id or folder runs the same code
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)  # model_index.json's _class_name: SD 1.x and 2.x
 MINI_WORLD_FILE = "mini_world.json"  # in a pipeline folder: the model is the mini world's (its presets, judge)
 
 # Named rules for the parameters a method may train. ESD-x: cross-attention only; ESD-u: everything except
@@ -112,6 +113,11 @@ def _load_pipeline(model, device, half):
     if is_dir and not os.path.exists(os.path.join(model, "model_index.json")):
         raise LoadError(f"--model {model}: folder has no model_index.json; expected a diffusers "
                         "StableDiffusionPipeline folder (e.g. mini/pipeline or one written by --export)")
+    if is_dir:  # SDXL, SD3, Flux and other pipelines have other text encoders and UNets: refuse them by name
+        kind = json.load(open(os.path.join(model, "model_index.json"))).get("_class_name", "")
+        if kind not in SUPPORTED_PIPELINES:
+            raise LoadError(f"--model {model}: a {kind or 'unnamed'} folder; supported: "
+                            f"{', '.join(SUPPORTED_PIPELINES)} (SD 1.x and 2.x)")
     if not is_dir and (model.startswith((".", "/")) or os.sep in model.strip("/").replace("/", "", 1)):
         raise LoadError(f"--model {model}: no such folder; give a diffusers folder or a hub id such as "
                         "CompVis/stable-diffusion-v1-4 that is in the local Hugging Face cache")

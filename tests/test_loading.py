@@ -80,3 +80,13 @@ def test_the_world_is_what_the_model_is_not_its_picture_size(tiny_model, tmp_pat
     assert len(r.stderr.strip().splitlines()) == 1
     with __import__("pytest").raises(data.DataError, match="real-SD concept"):
         data.get_concept("nudity", "mini")
+
+
+def test_an_sdxl_folder_is_refused_in_one_line(tiny_model, tmp_path):
+    import sd as sdlib
+    xl = tmp_path / "xl"
+    shutil.copytree(tiny_model, xl)
+    index = json.load(open(xl / "model_index.json"))
+    json.dump(dict(index, _class_name="StableDiffusionXLPipeline"), open(xl / "model_index.json", "w"))
+    with __import__("pytest").raises(sdlib.LoadError, match="StableDiffusionXLPipeline folder; supported"):
+        sdlib.load(str(xl), "cpu")
