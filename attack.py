@@ -655,7 +655,8 @@ def parse(argv=None):
     p.add_argument("--eval-steps", type=int, default=EVAL_STEPS)
     p.add_argument("--eval-guidance", type=float, default=EVAL_GUIDANCE)
     p.add_argument("--device", default="auto")
-    p.add_argument("--half", action="store_true")
+    p.add_argument("--half", action="store_true", help="fp16 (GPU only)")
+    p.add_argument("--bf16", action="store_true", help="fp32 weights, UNet passes under bf16 autocast")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
                    help="steps between checkpoints in <out>.tmp (0: none)")
@@ -732,7 +733,7 @@ def main(argv=None):
     try:
         run = sdlib.read_run_config(a.weights) if a.weights else None
         # the original model first: it draws the attack's reference pictures; the run is applied after
-        sd = sdlib.load(a.model or (sdlib.base_model_of(run) if run else None), a.device, a.half)
+        sd = sdlib.load(a.model or (sdlib.base_model_of(run) if run else None), a.device, a.half, bf16=a.bf16)
         concept = data.get_concept(a.concept, sd.world, a.concept_file)
         if a.attack.startswith("ringabell"):
             ring_a_bell_pairs(concept, a.shape_pairs)  # a concept without prompt pairs fails here, in one line

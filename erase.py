@@ -725,6 +725,7 @@ def parse(argv=None):
     p.add_argument("--model", default=None, help="base model: diffusers folder or hub id (default: mini world)")
     p.add_argument("--device", default="auto")
     p.add_argument("--half", action="store_true", help="fp16 (GPU only)")
+    p.add_argument("--bf16", action="store_true", help="fp32 weights, UNet passes under bf16 autocast")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from <out>.tmp/checkpoint.pt")
     p.add_argument("--export", help="also write a full diffusers pipeline folder of the erased model here")
@@ -837,7 +838,7 @@ def main(argv=None):
         sdlib.fail("erase.py trains one model in one process; run it without torchrun (attack.py and evaluate.py "
                    "share their prompts out over torchrun's ranks)")
     try:
-        sd = sdlib.load(a.model, a.device, a.half)
+        sd = sdlib.load(a.model, a.device, a.half, bf16=a.bf16)
         concept = data.get_concept(a.concept, sd.world, a.concept_file)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))

@@ -57,7 +57,7 @@ def cmd_generate(a):
 
 def load_model(a):
     try:
-        return sdlib.load(a.model, a.device, a.half, weights=a.weights)
+        return sdlib.load(a.model, a.device, a.half, weights=a.weights, bf16=a.bf16)
     except sdlib.LoadError as e:
         sdlib.fail(str(e))
 
@@ -216,6 +216,7 @@ def add_model_args(p):
     p.add_argument("--weights", default=None, help="run folder written by erase.py")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--half", action="store_true", help="fp16 weights and activations (GPU only)")
+    p.add_argument("--bf16", action="store_true", help="fp32 weights, UNet passes under bf16 autocast")
 
 
 def build_parser():

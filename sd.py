@@ -45,6 +45,7 @@ class SD:
     name: str
     counts: dict = field(default_factory=lambda: {"unet": 0, "text_encoder": 0})  # evaluations (rows of a batch)
     prediction_type: str = "epsilon"  # what the UNet predicts (the scheduler's config): epsilon or v_prediction
+    autocast: bool = False  # UNet passes under bf16 autocast (weights stay fp32; outputs come back as fp32)
     world: str = "sd"  # whose concept presets and judges apply: "mini" (MINI_WORLD_FILE in its folder) or "sd"
 
     @property
@@ -76,16 +77,20 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
-def load(model=None, device="auto", half=False, weights=None):
+def load(model=None, device="auto", half=False, weights=None, bf16=False):
     """Load a diffusers Stable Diffusion folder or hub id (offline: the local Hugging Face cache only).
 
     model None means the base named by the run folder `weights`, else the mini world. With `weights` (a run
     folder written by erase.py) its changed tensors are applied and its base is checked against `model`.
-    fp32 on CPU; half=True gives fp16 on a GPU. The DDIM schedule is rebuilt from the pipeline's own config."""
+    fp32 on CPU; half=True gives fp16 on a GPU; bf16=True keeps fp32 weights and runs the UNet under bf16 autocast
+    (any device; no loss scaling needed). The DDIM schedule is rebuilt from the pipeline's own config."""
     run = read_run_config(weights) if weights else None
     if model is None:
         model = base_model_of(run) if run else DEFAULT_MODEL
+    if half and bf16:
+        raise LoadError("--half and --bf16 are two precisions; choose one")
     sd = _load_pipeline(model, device, half)
+    sd.autocast = bf16
     if run:
         apply_run(sd, weights, run)
     return sd
@@ -311,11 +316,19 @@ def eps(sd, unet, z, t, cond, uncond=None, guidance=1.0):
     t = torch.as_tensor(t, device=sd.device)
     if uncond is None:
         sd.counts["unet"] += len(z)
-        return to_eps(sd, unet(z, t, cond).sample, z, t)
+        return to_eps(sd, unet_pass(sd, unet, z, t, cond), z, t)
     sd.counts["unet"] += 2 * len(z)
     zz, tt = torch.cat([z, z]), (torch.cat([t, t]) if t.dim() else t)  # a per-row t goes with each row's copy
-    e_u, e_c = to_eps(sd, unet(zz, tt, torch.cat([uncond, cond])).sample, zz, tt).chunk(2)
+    e_u, e_c = to_eps(sd, unet_pass(sd, unet, zz, tt, torch.cat([uncond, cond])), zz, tt).chunk(2)
     return e_u + guidance * (e_c - e_u)
+
+
+def unet_pass(sd, unet, z, t, cond):
+    """One UNet call, under bf16 autocast when sd.autocast (the output back in z's dtype)."""
+    if not sd.autocast:
+        return unet(z, t, cond).sample
+    with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        return unet(z, t, cond).sample.to(z.dtype)
 
 
 def ddim_timesteps(sd, num_steps):
@@ -414,7 +427,7 @@ def sample(sd, cond_of, seeds, steps=25, guidance=5.0, batch=64, unet=None, prog
 def model_identity(sd, run_dir=None):
     """What decides a model's pictures: the base model's name and fingerprint, and the run's weights file (hashed)."""
     import hashlib
-    ident = f"{sd.name}|{fingerprint(sd)}|{sd.dtype}|{sd.device.type}"
+    ident = f"{sd.name}|{fingerprint(sd)}|{sd.dtype}|{sd.device.type}" + ("|bf16-autocast" if sd.autocast else "")
     if run_dir:
         h = hashlib.sha256()
         with open(os.path.join(run_dir, RUN_WEIGHTS), "rb") as f:

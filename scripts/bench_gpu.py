@@ -28,10 +28,8 @@ ROOT = os.path.dirname(HERE)  # the repository: erase.py and attack.py run from 
 # ---- settings ----------------------------------------------------------------------------------------------------
 METHODS = ["esd-x", "esd-u", "uce", "stereo", "ap", "dm2", "advunlearn", "rece"]  # erase.py --method (ESD twice)
 ATTACKS = ["cce", "unlearndiff", "p4d-n", "p4d-k", "ringabell"]  # attack.py --attack
-PRECISIONS = ["fp32", "fp16", "bf16"]  # what is asked for; PRECISION_FLAGS says which the command lines offer
-PRECISION_FLAGS = {"fp32": [], "fp16": ["--half"]}  # sd.load: fp32, or fp16 weights with --half (GPU only)
-UNSUPPORTED = {"bf16": "not offered by erase.py/attack.py: sd.load has fp32 and --half (fp16) only, no bf16 or "
-                       "autocast option"}  # precisions reported as not run, with why
+PRECISIONS = ["fp32", "fp16", "bf16"]  # --precisions; PRECISION_FLAGS: the command-line flags of each
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--half"], "bf16": ["--bf16"]}  # fp16 weights (GPU only); bf16 autocast
 CONCEPT = "van gogh"  # real SD's preset (data.sd_concept): a style, so ESD's auto train method is esd-x
 MEMORY_GOAL_GB = 24.0  # goal: every method fits a 24 GB card
 SPEEDUP_GOAL = 5.0  # goal: batched attacks at least 5x the target prompts per second of one at a time
@@ -304,16 +302,6 @@ def speedup_of(batched, single):
     return s
 
 
-def unsupported_rows(a, precision):
-    rows = [{"kind": "method", "name": m, "precision": precision, "status": "unsupported",
-             "reason": UNSUPPORTED[precision]} for m in a.methods]
-    rows += [{"kind": "attack", "name": x, "precision": precision, "status": "unsupported",
-              "reason": UNSUPPORTED[precision]} for x in a.attacks]
-    speedups = [{"name": x, "precision": precision, "knob": BATCH_KNOB.get(x, "--num-targets"), "status": "unsupported",
-                 "reason": UNSUPPORTED[precision]} for x in a.attacks]
-    return rows, speedups
-
-
 def say(row):
     """Print a row's measured numbers as it finishes."""
     what = f"{row['precision']} {row['kind']} {row['name']}" + (f" ({row['knob']} {row['batch']})" if "batch" in row
@@ -330,12 +318,6 @@ def measure(a, ctx, save):
     after each, so that a stopped benchmark leaves a report of what it measured."""
     rows, speedups = [], []
     for precision in a.precisions:
-        if precision in UNSUPPORTED:
-            more, sp = unsupported_rows(a, precision)
-            rows += more
-            speedups += sp
-            print(f"{precision}: not run: {UNSUPPORTED[precision]}", flush=True)
-            continue
         for method in a.methods:
             rows.append(guarded(measure_method, "method", method, precision, ctx))
             say(rows[-1])
@@ -434,7 +416,6 @@ def header(a, ctx, rows):
             "iterations": ctx["iterations"], "batched_targets": ctx["targets"],
             "goal": f"every method within {MEMORY_GOAL_GB:g} GB peak memory; batched attacks at least "
                     f"{SPEEDUP_GOAL:g}x the throughput of one at a time",
-            "unsupported": {p: UNSUPPORTED[p] for p in a.precisions if p in UNSUPPORTED},
             "iteration_means": ITERATION_MEANS}
 
 
@@ -450,8 +431,6 @@ def report_md(h, rows, speedups, precisions):
              f"- peak memory: {h['memory_measure']}; rates from the cost each run records (config.json / "
              f"metrics.json; run folders and logs in `{h['runs']}`)",
              f"- {h['iteration_means']}"]
-    for p, why in h["unsupported"].items():
-        lines.append(f"- {p}: {why}")
     for p in precisions:
         lines += ["", f"## {p}", "", *table(rows, p), "", f"### {p}: batched against one at a time", "",
                   *speedup_table(speedups, p)]

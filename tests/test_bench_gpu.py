@@ -1,5 +1,5 @@
 """scripts/bench_gpu.py on the tiny SD v1.4 architecture on the CPU: a row per requested method and attack with finite
-positive numbers, the batched-vs-one-at-a-time table, a precision the code does not offer reported as such, a run
+positive numbers (fp32 and bf16 autocast), the batched-vs-one-at-a-time table, a run
 that fails reported with its reason, and a bad choice refused in one line."""
 import json
 import math
@@ -25,7 +25,7 @@ def bench(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
-    """(out folder, report.json, report.md) of the small subset, fp32 plus bf16 (not offered: no runs)."""
+    """(out folder, report.json, report.md) of the small subset, fp32 and bf16 autocast."""
     out = tmp_path_factory.mktemp("bench") / "gpu"
     r = bench("--size", "tiny", "--device", "cpu", "--methods", *METHODS, "--attacks", *ATTACKS,
               "--precisions", "fp32", "bf16", "--out", str(out), "--work", str(out / "work"))
@@ -38,9 +38,10 @@ def positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_a_row_per_method_and_attack_with_finite_positive_numbers(tiny_report):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_row_per_method_and_attack_with_finite_positive_numbers(tiny_report, precision):
     _, rep, md = tiny_report
-    rows = {r["name"]: r for r in rep["rows"] if r["precision"] == "fp32"}
+    rows = {r["name"]: r for r in rep["rows"] if r["precision"] == precision}
     assert sorted(rows) == sorted(METHODS + ATTACKS)
     for name, r in rows.items():
         assert r["status"] == "ok", r
@@ -50,13 +51,15 @@ def test_a_row_per_method_and_attack_with_finite_positive_numbers(tiny_report):
         # UCE is closed-form: text-encoder evaluations only; everything else runs the UNet
         assert positive(r["text_encoder_evals_per_s"] if name == "uce" else r["unet_evals_per_s"]), r
     assert rows["uce"]["unet_evals"] == 0
-    # the costs are the run folders' own
+    # the costs are the run folders' own, run at this precision
     cfg = json.load(open(os.path.join(rows["esd-x"]["run"], "config.json")))
+    assert cfg["settings"]["bf16"] is (precision == "bf16")
     esd = rows["esd-x"]
     assert (cfg["cost"]["seconds"], cfg["cost"]["unet_evals"]) == (esd["seconds"], esd["unet_evals"])
+    section = md.split(f"## {precision}\n", 1)[1]
     for name in METHODS + ATTACKS:
         kind = "method" if name in METHODS else "attack"
-        line = next(x for x in md.splitlines() if x.startswith(f"| {kind} | {name}"))
+        line = next(x for x in section.splitlines() if x.startswith(f"| {kind} | {name}"))
         assert "| ok |" in line, line
 
 
@@ -69,15 +72,12 @@ def test_batched_against_one_at_a_time(tiny_report):
     assert "--num-targets 4 vs 1" in md and "at least 5x" in md
 
 
-def test_header_and_unsupported_precision(tiny_report):
+def test_header(tiny_report):
     out, rep, md = tiny_report
     h = rep["header"]
     assert h["torch"] in md and h["device"] in md and "scripts/bench_gpu.py --size tiny --device cpu" in md
     assert h["image_px"] == 128 and "24 GB" in h["goal"]
-    bf16 = [r for r in rep["rows"] if r["precision"] == "bf16"]
-    assert sorted(r["name"] for r in bf16) == sorted(METHODS + ATTACKS)  # reported, never dropped
-    assert all(r["status"] == "unsupported" and "--half" in r["reason"] for r in bf16)
-    assert "## bf16" in md and "unsupported: " in md
+    assert "## fp32" in md and "## bf16" in md
 
 
 def test_a_failing_run_is_a_row_with_its_reason(tiny_report):

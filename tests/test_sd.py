@@ -180,3 +180,18 @@ def test_unknown_prediction_type_is_refused(tmp_path, tokenizer_dir):
     json.dump(dict(json.load(open(path)), prediction_type="sample"), open(path, "w"))
     with pytest.raises(sdlib.LoadError, match="predicts 'sample'; supported: epsilon, v_prediction"):
         sdlib.load(folder, device="cpu")
+
+
+def test_bf16_autocast_gives_fp32_noise_close_to_fp32(tiny_model):
+    """--bf16: fp32 weights, the UNet under bf16 autocast; eps comes back in fp32, near the fp32 model's, and the
+    picture cache tells the two apart."""
+    plain, auto = sdlib.load(tiny_model, "cpu"), sdlib.load(tiny_model, "cpu", bf16=True)
+    z = torch.randn(2, *plain.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond = sdlib.encode(plain, ["a red circle", "a blue star"])
+    with torch.no_grad():
+        e32, e16 = sdlib.eps(plain, plain.unet, z, 500, cond), sdlib.eps(auto, auto.unet, z, 500, cond)
+    assert e16.dtype == torch.float32 and next(auto.unet.parameters()).dtype == torch.float32
+    assert not torch.equal(e16, e32) and (e16 - e32).abs().max() < 0.1 * e32.abs().max()
+    assert sdlib.model_identity(plain) != sdlib.model_identity(auto)
+    with pytest.raises(sdlib.LoadError, match="choose one"):
+        sdlib.load(tiny_model, "cpu", half=True, bf16=True)
