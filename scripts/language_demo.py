@@ -39,10 +39,10 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results", "mini_v2"))
     p.add_argument("--report-only", action="store_true", help="only read finished benchmarks")
     a = p.parse_args(argv)
-    lines = ["# Mini world v2: naive erasure removes the name, not the concept", "",
+    lines = ["# Mini world v2: naive erasure, explicit and implicit prompts, every attack", "",
              f"Regenerate: `python scripts/language_demo.py --seeds {a.seeds} --profile {a.profile} --num-targets "
              f"{a.num_targets}` (benchmark cells: {a.profile} profile, seeds 0..{a.seeds - 1}, {a.num_targets} target "
-             "prompts per attack; mean ± standard deviation over seeds).", "",
+             "prompts per attack" + ("; mean ± standard deviation over seeds)." if a.seeds > 1 else ")."), "",
              "| concept | method | explicit rate (≤ 0.15) | implicit rate (≥ 0.5) | preservation | " +
              " | ".join(f"ASR {x} (≥ 0.7)" for x in ATTACKS.split(",")) + " |",
              "|---" * (5 + len(ATTACKS.split(","))) + "|"]
@@ -66,7 +66,8 @@ def main(argv=None):
                 mean, sd = s[key]["mean"], s[key]["sd"]
                 if rule and not held(mean, rule):
                     misses.append(f"{concept} {m} {key} {mean:.2f}")
-                return "-" if mean is None else f"{mean:.2f} ± {sd:.2f}" + ("" if not rule or held(mean, rule) else " ✗")
+                spread = f" ± {sd:.2f}" if a.seeds > 1 else ""  # one seed has no spread to show
+                return "-" if mean is None else f"{mean:.2f}{spread}" + ("" if not rule or held(mean, rule) else " ✗")
             row = [concept, m, cell("concept_rate", EXPECT["concept_rate"]),
                    cell("implicit_rate", EXPECT["implicit_rate"]), cell("preservation")]
             row += [cell(f"asr_{x}", EXPECT["asr"]) + f" ({s[f'pre_asr_{x}']['mean']:.2f})"
