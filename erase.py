@@ -50,6 +50,7 @@ UCE_LAMBDA = 0.1  # pull toward the original weights
 UCE_ERASE_SCALE = 1.0
 UCE_PRESERVE_SCALE = 1.0
 UCE_PRESERVE = 30  # how many prompts of other concepts to preserve (0: none)
+UCE_ERASE = "prompts"  # what UCE edits: the concept's scene prompts, or its words alone (the public code's default)
 # STEREO (Srivatsan et al. 2024): stage 1 alternates ESD-style erasing with CCE attacks, stage 2 erases the
 # concept and every adversarial token at once from the original model with the anchor-compositional target
 STEREO_ROUNDS = 4  # K: rounds of erase-then-attack in stage 1 (each adds one adversarial token)
@@ -573,9 +574,10 @@ def last_token_onward(sd, prompts):
 def uce_columns(sd, concept, a):
     """UCE's columns: erased-concept embeddings c_e (E, D), their guides c_g (E, D) position by position, and
     preserved embeddings c_p (P, D) of a seeded draw of other concepts' prompts (None with --preserve 0)."""
+    texts, guides = (concept.prompts, concept.guides) if a.uce_erase == "prompts" else ([concept.words], [""])
     with torch.no_grad():
-        erase = last_token_onward(sd, concept.prompts)
-        guide = last_token_onward(sd, concept.guides)
+        erase = last_token_onward(sd, texts)
+        guide = last_token_onward(sd, guides)
         pairs = [(e[:min(len(e), len(g))], g[:min(len(e), len(g))]) for e, g in zip(erase, guide)]
         c_e = torch.cat([e for e, _ in pairs])  # (E, D) erased-concept columns
         c_g = torch.cat([g for _, g in pairs])  # (E, D) their guides, position by position
@@ -800,6 +802,8 @@ def parse(argv=None):
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
     g.add_argument("--preserve-scale", type=float, default=UCE_PRESERVE_SCALE)
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
+    g.add_argument("--uce-erase", default=UCE_ERASE, choices=["prompts", "words"],
+                   help="erase the concept's scene prompts, or its words alone toward the unconditional")
     a = p.parse_args(argv)
     for name in ("iterations", "ddim_steps", "batch", "rounds", "ste_iterations", "ti_steps", "ti_images",
                  "reo_iterations", "advunlearn_prefix", "advunlearn_attack_steps", "rece_rounds", "dm2_rank",

@@ -70,6 +70,21 @@ def test_uce_edits_only_cross_attention_keys_and_values(tiny_sd, tmp_path):
     assert moved and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in moved)
 
 
+def test_uce_erase_words_edits_with_the_concepts_words_alone(tiny_sd):
+    """--uce-erase words: the erased columns are the concept's words (from their last token on) sent toward the
+    unconditional, as the public UCE code does by default; the default erases the concept's scene prompts."""
+    concept = data.get_concept("van gogh")
+    words = erase.parse(["--method", "uce", "--concept", "van gogh", "--uce-erase", "words"])
+    c_e, c_g, _ = erase.uce_columns(tiny_sd, concept, words)
+    ids = sdlib.tokenize(tiny_sd, [concept.words])[0]
+    n_words = int((ids == tiny_sd.tokenizer.eos_token_id).nonzero()[0]) - 1  # real tokens of "van gogh"
+    assert c_e.shape[0] == c_g.shape[0] == len(ids) - n_words  # one prompt: its last word to the end
+    with torch.no_grad():
+        assert torch.allclose(c_e, sdlib.encode(tiny_sd, [concept.words])[0, n_words:])
+    default = erase.parse(["--method", "uce", "--concept", "van gogh"])
+    assert default.uce_erase == "prompts" and len(erase.uce_columns(tiny_sd, concept, default)[0]) > 10 * len(c_e)
+
+
 def test_run_folder_round_trip_and_export(tiny_model, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     r = run("erase.py", "--method", "esd", "--concept", "triangle", "--model", tiny_model, "--iterations", "2",
