@@ -318,10 +318,19 @@ def ap_candidates(sd, concept, n_candidates, pool):
     return [words[i] for i in chosen]
 
 
-def ap_adversary_step(pi, opt_pi, cand, preservation_fn, tau):
+def gumbel_softmax_hard(logits, tau, gen):
+    """A hard Gumbel-softmax sample: one-hot forward, the softmax's gradient backward (straight-through). The noise
+    comes from gen, the step's generator, so that a resumed run draws what an uninterrupted one does."""
+    u = torch.rand(logits.shape, generator=gen).clamp_(1e-10, 1.0).to(logits.device)
+    soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+    hard = torch.nn.functional.one_hot(soft.argmax(-1), len(soft)).to(soft)
+    return hard - soft.detach() + soft
+
+
+def ap_adversary_step(pi, opt_pi, cand, preservation_fn, tau, gen):
     """One ascent step of the adversary: c_a = sum_i g_i cand_i with g a hard Gumbel-softmax sample of pi
     (one-hot forward, soft gradient), pi moved to increase preservation_fn(c_a). cand: (C, B, 77, D)."""
-    g = torch.nn.functional.gumbel_softmax(pi, tau=tau, hard=True)
+    g = gumbel_softmax_hard(pi, tau, gen)
     loss = -preservation_fn(torch.einsum("c,cbld->bld", g, cand))
     opt_pi.zero_grad(set_to_none=True)
     loss.backward()
@@ -342,8 +351,10 @@ def ap(sd, concept, a, state):
     pi = torch.zeros(len(candidates), device=sd.device, requires_grad=True)  # logits over candidates
     if "pi" in state.get("resumed", {}):
         pi.data.copy_(state["resumed"]["pi"])
-    state["resume_tensors"] = {"pi": pi}
     opt_pi = torch.optim.Adam([pi], lr=a.ap_adv_lr)
+    if "opt_pi" in state.get("resumed", {}):
+        opt_pi.load_state_dict(state["resumed"]["opt_pi"])
+    state["resume_tensors"] = {"pi": pi, "opt_pi": opt_pi}  # the adversary's logits and its optimiser
 
     def preservation(z, t, c_a):  # AP's term: the trained model's prediction for c_a stays the original's
         return torch.nn.functional.mse_loss(sdlib.eps(sd, sd.unet, z, t, c_a), sdlib.eps(sd, frozen, z, t, c_a))
@@ -360,10 +371,10 @@ def ap(sd, concept, a, state):
             cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in idx])
                                 for w in candidates])  # every candidate in these scenes: (C, B, 77, D)
         # max over pi: one ascent step of the adversary on the preservation term
-        ap_adversary_step(pi, opt_pi, cand, lambda c_a: preservation(z, t, c_a), a.ap_temperature)
+        ap_adversary_step(pi, opt_pi, cand, lambda c_a: preservation(z, t, c_a), a.ap_temperature, gen)
         opt.zero_grad(set_to_none=True)  # the adversary's backward pass also reached the model: discard that
         with torch.no_grad():  # the concept to preserve this step: a hard Gumbel-softmax draw from pi
-            g = torch.nn.functional.gumbel_softmax(pi, tau=a.ap_temperature, hard=True)
+            g = gumbel_softmax_hard(pi, a.ap_temperature, gen)
             c_a = torch.einsum("c,cbld->bld", g, cand)
             state["preserved"] = candidates[int(g.argmax())]
         # min over the model: ESD on the concept plus lambda times the preservation of c_a
@@ -679,7 +690,8 @@ def save_checkpoint(state, step, module, opt, force=False):
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     ck = {"model": {n: t for n, t in module.state_dict().items() if n in trainable}, "opt": opt.state_dict(),
           "step": step + 1, "log": state["log"],
-          "extra": {k: v.detach().clone() for k, v in state.get("resume_tensors", {}).items()},
+          "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v.detach().clone()
+                    for k, v in state.get("resume_tensors", {}).items()},
           "settings": state.get("settings")}
     checkpoint.write(path, ck)
     record_cost(state)

@@ -287,12 +287,12 @@ def test_stereo_runs_both_stages_and_resumes(tiny_model, tmp_path):
 def test_ap_adversary_moves_toward_the_more_damaged_concept():
     """Toy case: two candidate embeddings, erasure damages only the second (its preservation loss is larger);
     the adversary's hard Gumbel-softmax ascent must raise the second candidate's logit."""
-    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
     cand = torch.stack([torch.zeros(1, 4, 3), torch.ones(1, 4, 3)])  # (C=2, B=1, L=4, D=3)
     pi = torch.zeros(2, requires_grad=True)
     opt = torch.optim.Adam([pi], lr=0.1)
     for _ in range(30):
-        erase.ap_adversary_step(pi, opt, cand, lambda c: (c ** 2).mean(), tau=2.0)
+        erase.ap_adversary_step(pi, opt, cand, lambda c: (c ** 2).mean(), 2.0, gen)
     assert pi[1] > pi[0] + 0.5, pi
 
 
@@ -318,6 +318,38 @@ def test_ap_runs_and_records_its_candidates(tiny_sd, tmp_path, monkeypatch):
     assert changed_names(before, tiny_sd.unet) <= set(sdlib.select_params(tiny_sd, "esd-x", verbose=False))
     assert state["extra_json"]["ap_candidates"] == ["circle", "square", "star"]
     assert "pi" in torch.load(tmp_path / "checkpoint.pt", weights_only=True)["extra"]  # resumable adversary
+
+
+def test_ap_resume_is_bit_identical(tiny_model, tmp_path, monkeypatch):
+    """AP stopped after 2 of 4 iterations and resumed in a fresh model ends where an uninterrupted run does: the
+    model, the adversary's logits pi (checkpointed) and its Gumbel noise (drawn from the step's generator)."""
+    monkeypatch.setattr(erase, "ap_candidates", lambda sd, c, n, pool: ["circle", "square", "star"])
+    concept = data.get_concept("van gogh")
+
+    def run(model, iterations, folder, every):
+        a = erase.parse(["--method", "ap", "--concept", "van gogh", "--iterations", str(iterations), "--ddim-steps",
+                         "2", "--ap-adv-lr", "0.5"])
+        os.makedirs(folder, exist_ok=True)
+        state = {"dir": str(folder), "every": every, "log": []}
+        erase.ap(model, concept, a, state)
+        return state["extra_json"]["ap_pi"]
+
+    full = sdlib.load(tiny_model, "cpu")
+    pi_full = run(full, 4, tmp_path / "a", 100)
+    run(sdlib.load(tiny_model, "cpu"), 2, tmp_path / "b", 1)  # stopped after 2, a checkpoint every iteration
+    resumed = sdlib.load(tiny_model, "cpu")
+    assert run(resumed, 4, tmp_path / "b", 1) == pi_full and len(set(pi_full)) > 1  # pi moved, and the same
+    for (n, p), q in zip(full.unet.named_parameters(), resumed.unet.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_gumbel_softmax_hard_is_one_hot_with_the_softmax_gradient():
+    logits = torch.tensor([0.5, 2.0, -1.0], requires_grad=True)
+    g = erase.gumbel_softmax_hard(logits, 1.0, torch.Generator().manual_seed(0))
+    assert sorted(g.tolist()) == [0.0, 0.0, 1.0]
+    assert torch.equal(g, erase.gumbel_softmax_hard(logits, 1.0, torch.Generator().manual_seed(0)))  # seeded
+    (g * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert logits.grad.abs().sum() > 0  # straight-through: the soft sample's gradient reaches the logits
 
 
 def test_dm2_verify_score_equals_formula():
