@@ -154,10 +154,12 @@ def partial_ddim(sd, unet, cond, uncond, a, gen):
 
 
 def finish_step(state, loss, step, opt, bar, module):
-    """Backward and step (or stop on a non-finite loss), show the loss, checkpoint module's trained tensors."""
+    """Backward and step (or stop on a non-finite loss), show the loss, checkpoint module's trained tensors (none
+    when module is None)."""
     step_or_stop(state, loss, step, opt)
     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    save_checkpoint(state, step, module, opt)
+    if module is not None:
+        save_checkpoint(state, step, module, opt)
 
 
 # ---- STEREO ------------------------------------------------------------------------------------------------------
@@ -224,7 +226,6 @@ def stereo(sd, concept, a, state):
             return [word] * len(idx)
         return [concept.templates[i].format(word) for i in idx]
 
-    stage1 = {"dir": state["dir"], "every": 10 ** 9, "log": state["log"]}  # no mid-round checkpoints
     with torch.no_grad():
         uncond = sdlib.encode(sd, [""] * a.batch)
     for r in range(done, a.rounds):
@@ -238,7 +239,7 @@ def stereo(sd, concept, a, state):
                 cond = sdlib.encode(sd, erase_texts(words, idx), inject())
                 z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
             loss = esd_loss_at(sd, frozen, z, t, cond, uncond, a.eta)
-            finish_step(stage1, loss, step, opt, bar, sd.unet)
+            finish_step(state, loss, step, opt, bar, None)  # no mid-round checkpoints: a round reruns whole
         name = f"<stereo{r}>"
         sl = slice(r * a.ti_images, (r + 1) * a.ti_images)
         learned = textual_inversion(sd, pool[sl], pool_templates[sl], [name], "style", a.ti_steps, a.ti_lr,

@@ -406,13 +406,12 @@ def sample(sd, cond_of, seeds, steps=25, guidance=5.0, batch=64, unet=None, prog
     """Pictures (N, H, W, 3) uint8 for N = len(seeds): picture i starts from seeds[i]'s noise and is conditioned on
     row i of the text-encoder output, cond_of(rows) giving those rows (len(rows), 77, D); the unconditional branch
     is the model's own ''. Under torchrun the rows are shared out over the ranks (shard_map)."""
-    from tqdm.auto import tqdm
     unet = unet or sd.unet
 
     def run(idx):
         out = []
         chunks = range(0, len(idx), batch)
-        for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, mininterval=5):
+        for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2):
             rows = idx[i:i + batch]
             cond = cond_of(rows).to(sd.dtype)
             uncond = encode(sd, [""] * len(rows))
