@@ -46,6 +46,10 @@ VISUAL_STOPLIST = set("""pink brown round oval hexagon stripe stripes spot spots
     painting painted paint shape shapes gold silver blonde rainbow""".split())
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
 CHECKPOINT_EVERY = 250  # UNet steps between resumable checkpoints
+# joint: the text encoder learns with the UNet (the committed v2 model). frozen: as SD's CLIP, it is pretrained apart
+# (on the captions alone) and frozen while the UNet learns; scripts/route_overlap.py shows why (docs/mini_world.md).
+TEXT_ENCODER = "joint"
+TEXT_STEPS, TEXT_BATCH, TEXT_LR = 800, 128, 1e-3  # caption-only pretraining; both losses level off by about 600 steps
 
 # SD v1.4's noise schedule, exactly
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -287,19 +291,83 @@ def set_lr(opt, lr):
         g["lr"] = lr
 
 
-def stage_unet(a, d, lat, tokenizer, vae):
-    """Train UNet and text encoder jointly on cached latents; resumable from WORK_DIR/unet_ckpt.pt."""
+def stage_text(a, d, tokenizer):
+    """Pretrain the text encoder on the captions alone (no pictures), resumable from WORK_DIR/text_ckpt.pt.
+
+    Each output position (the last hidden state, what the UNet reads) is trained to name its own token and the next
+    one through two linear heads: the first keeps every word its own direction, the second makes the encoder read
+    the sentence, so that words used alike (synonyms, a style's associated words) come out near each other."""
+    ckpt_path = os.path.join(a.work, "text_ckpt.pt")
+    y = d["y_train"]
+    rng = np.random.default_rng([a.seed, 7])  # the heads name the tokens of 20,000 captions (one class for the rest)
+    seen = tokenizer(data.captions_for(y[rng.integers(0, len(y), 20000)], rng), padding="max_length", max_length=77,
+                     truncation=True, return_tensors="pt").input_ids.unique()
+    cls = torch.full((len(tokenizer),), len(seen), dtype=torch.long)
+    cls[seen] = torch.arange(len(seen))
+    torch.manual_seed(a.seed + 1)
+    text_encoder = build_text_encoder()
+    hidden = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(seen) + 1) for k in ("this", "next")})
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, TEXT_LR, weight_decay=1e-2)
+    step, losses = 0, []
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=True)
+        text_encoder.load_state_dict(ck["text"]), heads.load_state_dict(ck["heads"]), opt.load_state_dict(ck["opt"])
+        step, losses = ck["step"], ck["losses"]
+        if step >= a.text_steps:
+            return text_encoder.requires_grad_(False).eval()
+        log(f"text: resumed at step {step}")
+    log(f"text encoder: {a.text_steps} steps of batch {TEXT_BATCH} on captions alone ({len(seen)} distinct tokens)")
+    bar = tqdm(range(step, a.text_steps), desc="text", initial=step, total=a.text_steps)
+    for step in bar:
+        rng = np.random.default_rng([a.seed, 7, step])
+        caps = data.captions_for(y[rng.integers(0, len(y), TEXT_BATCH)], rng)
+        ids = tokenizer(caps, padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
+        real = torch.cumsum((ids == tokenizer.eos_token_id).long(), 1) <= 1  # BOS, the words and the first EOS
+        set_lr(opt, lr_at(step, a.text_steps, TEXT_LR, warmup=100))
+        with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
+            h = text_encoder(ids)[0]
+        h = h.float()
+        this = F.cross_entropy(heads["this"](h[real]), cls[ids[real]])
+        nxt_mask = real[:, :-1] & real[:, 1:]
+        nxt = F.cross_entropy(heads["next"](h[:, :-1][nxt_mask]), cls[ids[:, 1:][nxt_mask]])
+        loss = this + nxt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append([this.item(), nxt.item()])
+        bar.set_postfix(this=f"{np.mean([l[0] for l in losses[-50:]]):.3f}",
+                        next=f"{np.mean([l[1] for l in losses[-50:]]):.3f}", refresh=False)
+        if (step + 1) % 500 == 0 or step + 1 == a.text_steps:
+            ck = {"text": text_encoder.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                  "step": step + 1, "losses": losses}
+            torch.save(ck, ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+    log(f"text: own-token loss {np.mean([l[0] for l in losses[-200:]]):.3f}, "
+        f"next-token loss {np.mean([l[1] for l in losses[-200:]]):.3f} (last 200 steps)")
+    return text_encoder.requires_grad_(False).eval()
+
+
+def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
+    """Train the UNet on cached latents, with the text encoder (jointly) or under frozen_text (pretrained, fixed);
+    resumable from WORK_DIR/unet_ckpt.pt."""
     ckpt_path = os.path.join(a.work, "unet_ckpt.pt")
     torch.manual_seed(a.seed)
     unet, text_encoder = build_unet(), build_text_encoder()
-    if a.init_from:  # start from a trained pipeline's UNet and text encoder (a fine-tune on the current language)
+    if a.init_from:  # start from a trained pipeline's UNet (and text encoder): a fine-tune on the current language
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(a.init_from, subfolder="unet").float().state_dict())
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(a.init_from, subfolder="text_encoder")
-                                     .float().state_dict())
-        log(f"unet and text encoder initialised from {a.init_from}")
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+        if frozen_text is None:
+            text_encoder.load_state_dict(CLIPTextModel.from_pretrained(a.init_from, subfolder="text_encoder")
+                                         .float().state_dict())
+        log(f"unet{'' if frozen_text is not None else ' and text encoder'} initialised from {a.init_from}")
+    if frozen_text is not None:
+        text_encoder.load_state_dict(frozen_text.state_dict())
+        text_encoder.requires_grad_(False)
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, UNET_LR, weight_decay=1e-2, betas=(0.9, 0.99))
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     step, losses = 0, []
@@ -385,7 +453,8 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,
             "unet_steps": a.unet_steps, "unet_batch": UNET_BATCH, "unet_lr": UNET_LR, "bf16": a.bf16,
             "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
-            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2", "reused_vae": a.reuse_vae,
+            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2",
+            "text_encoder": a.text_encoder, "text_steps": a.text_steps if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
@@ -400,7 +469,8 @@ def cmd_train(a):
     vae = stage_vae(a, d)
     lat = stage_latents(a, d, vae)
     stage_judge(a, d, lat)
-    unet, text_encoder, losses = stage_unet(a, d, lat, tokenizer, vae)
+    frozen_text = stage_text(a, d, tokenizer) if a.text_encoder == "frozen" else None
+    unet, text_encoder, losses = stage_unet(a, d, lat, tokenizer, vae, frozen_text)
     stage_export(a, vae, unet.eval(), text_encoder.eval(), tokenizer, losses)
 
 
@@ -575,6 +645,9 @@ def main(argv=None):
                         "mini/pipeline/vae)")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="initialise the UNet and text encoder from this pipeline folder (fine-tune) instead of at random")
+    t.add_argument("--text-encoder", default=TEXT_ENCODER, choices=["frozen", "joint"],
+                   help="frozen: pretrain on the captions alone, then freeze (as SD's CLIP); joint: train with the UNet")
+    t.add_argument("--text-steps", type=int, default=TEXT_STEPS, help="text-encoder pretraining steps (frozen)")
     t.add_argument("--warmup", type=int, default=UNET_WARMUP, help="UNet learning-rate warm-up steps")
     t.add_argument("--retrain-judge", action="store_true", help="train the judge even if mini/ has one")
     t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")

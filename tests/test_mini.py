@@ -76,3 +76,38 @@ def test_empty_prompt_and_zero_vectors_draw_no_one_concept(mini_sd):
         for attr, share in by_attr.items():
             top = max(share, key=share.get)
             assert share[top] <= 3 * shares[attr][top], (key, attr, top, share[top])
+
+
+def test_text_pretraining_resumes_to_the_same_frozen_encoder(tmp_path):
+    """mini.py's caption-only text-encoder stage (--text-encoder frozen): a run stopped after 1 step and resumed to
+    2 gives the weights of an uninterrupted 2-step run, the result is frozen, and training moved it."""
+    import argparse
+    tok = mini.build_tokenizer(str(tmp_path / "tok"))
+    d = {"y_train": data.sample_labels(500, np.random.default_rng(0))}
+
+    def run(work, steps):
+        work.mkdir(exist_ok=True)
+        return mini.stage_text(argparse.Namespace(work=str(work), seed=0, text_steps=steps, bf16=False), d, tok)
+    run(tmp_path / "a", 1)
+    resumed = run(tmp_path / "a", 2).state_dict()
+    straight = run(tmp_path / "b", 2)
+    assert not any(p.requires_grad for p in straight.parameters())
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed[k]), k
+    torch.manual_seed(1)  # stage_text initialises with seed + 1
+    init = mini.build_text_encoder().state_dict()
+    fc1 = next(k for k in init if k.endswith("layers.0.mlp.fc1.weight"))
+    assert not torch.equal(init[fc1], resumed[fc1])
+
+
+def test_route_overlap_measures_the_committed_encoders_collapse():
+    """scripts/route_overlap.py on the committed model: the name's shift spans a few directions and the implicit
+    clauses' shift lies mostly in them (the jointly trained encoder's collapse, docs/methods.md), far above chance."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("route_overlap", "scripts/route_overlap.py")
+    ro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ro)
+    tok, te = ro.encoder_of(MINI_PIPELINE)
+    k, share = ro.overlap(tok, te, "van gogh")
+    assert 1 <= k <= 8
+    assert share > 10 * k / te.config.hidden_size
