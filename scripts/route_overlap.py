@@ -2,6 +2,7 @@
 
     python scripts/route_overlap.py                                  # the committed mini model
     python scripts/route_overlap.py --model A/pipeline --model B/pipeline
+    python scripts/route_overlap.py --text-ckpt work/mini/text_ckpt.pt  # mini.py train --text-encoder frozen's stage
 
 For each concept: the shift its name makes, encode(name) - encode(""), spans a few directions of the text encoder's
 output (rank: 99% of its energy); the shift an implicit prompt's evoking clause makes (the prompt against the prompt
@@ -52,14 +53,25 @@ def overlap(tok, te, concept):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="pipeline folder (repeatable; default the committed mini model)")
+    p.add_argument("--text-ckpt", action="append", default=[],
+                   help="a text-encoder checkpoint of mini.py's caption-only stage (repeatable)")
     a = p.parse_args(argv)
-    models = a.model or [os.path.join(HERE, "mini", "pipeline")]
+    models = a.model or ([] if a.text_ckpt else [os.path.join(HERE, "mini", "pipeline")])
     print("| model | concept | name's shift: rank of width | chance share | implicit clauses' share in it |")
     print("|---|---|---|---|---|")
-    for model in models:
-        if not os.path.isdir(os.path.join(model, "text_encoder")):
+    for model in models + a.text_ckpt:
+        if model in a.text_ckpt:
+            import mini
+            if not os.path.isfile(model):
+                sys.exit(f"{model}: no such checkpoint")
+            tok = encoder_of(os.path.join(HERE, "mini", "pipeline"))[0]
+            te = mini.build_text_encoder()
+            te.load_state_dict(torch.load(model, weights_only=True)["text"])
+            te.eval()
+        elif not os.path.isdir(os.path.join(model, "text_encoder")):
             sys.exit(f"{model}: not a pipeline folder (no text_encoder/)")
-        tok, te = encoder_of(model)
+        else:
+            tok, te = encoder_of(model)
         width = te.config.hidden_size
         for concept in CONCEPTS:
             k, share = overlap(tok, te, concept)
