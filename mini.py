@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import data
 import sd as sdlib
 from judges import Judge, judge_predict, load_judge, to_tensor  # the judge this script trains
@@ -47,7 +48,7 @@ VISUAL_STOPLIST = set("""pink brown round oval hexagon stripe stripes spot spots
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
 CHECKPOINT_EVERY = 250  # UNet steps between resumable checkpoints
 # joint: the text encoder learns with the UNet (the committed v2 model). frozen: as SD's CLIP, it is pretrained apart
-# (on the captions alone) and frozen while the UNet learns; scripts/route_overlap.py shows why (docs/mini_world.md).
+# (on the captions alone) and frozen while the UNet learns; scripts/route_overlap.py shows why (docs/methods.md).
 TEXT_ENCODER = "joint"
 TEXT_STEPS, TEXT_BATCH, TEXT_LR = 800, 128, 1e-3  # caption-only pretraining; both losses level off by about 600 steps
 
@@ -205,7 +206,7 @@ def stage_latents(a, d, vae):
     """Latent mean/std of every training picture (for UNet training) and VAE reconstructions (for the judge)."""
     path = os.path.join(a.work, "latents.pt")
     if os.path.exists(path):
-        return torch.load(path, weights_only=True)
+        return checkpoint.read(path)
     mus, stds, recs = [], [], []
     x_train = d["x_train"]
     with torch.no_grad():
@@ -218,8 +219,7 @@ def stage_latents(a, d, vae):
         recs_test = to_uint8(vae.decode(vae.encode(to_tensor(d["x_test"])).latent_dist.sample()).sample)
     out = {"mu": torch.cat(mus), "std": torch.cat(stds), "recon": torch.cat(recs),
            "recon_test": torch.from_numpy(recs_test)}
-    torch.save(out, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    checkpoint.write(path, out)
     return out
 
 
@@ -298,25 +298,26 @@ def stage_text(a, d, tokenizer):
     one through two linear heads: the first keeps every word its own direction, the second makes the encoder read
     the sentence, so that words used alike (synonyms, a style's associated words) come out near each other."""
     ckpt_path = os.path.join(a.work, "text_ckpt.pt")
+    ck = checkpoint.read(ckpt_path) if os.path.exists(ckpt_path) else None
+    torch.manual_seed(a.seed + 1)
+    text_encoder = build_text_encoder()
+    if ck is not None and ck["step"] >= a.text_steps:
+        text_encoder.load_state_dict(ck["text"])
+        return text_encoder.requires_grad_(False).eval()
     y = d["y_train"]
     rng = np.random.default_rng([a.seed, 7])  # the heads name the tokens of 20,000 captions (one class for the rest)
     seen = tokenizer(data.captions_for(y[rng.integers(0, len(y), 20000)], rng), padding="max_length", max_length=77,
                      truncation=True, return_tensors="pt").input_ids.unique()
     cls = torch.full((len(tokenizer),), len(seen), dtype=torch.long)
     cls[seen] = torch.arange(len(seen))
-    torch.manual_seed(a.seed + 1)
-    text_encoder = build_text_encoder()
     hidden = text_encoder.config.hidden_size
     heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(seen) + 1) for k in ("this", "next")})
     params = list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, TEXT_LR, weight_decay=1e-2)
     step, losses = 0, []
-    if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=True)
+    if ck is not None:
         text_encoder.load_state_dict(ck["text"]), heads.load_state_dict(ck["heads"]), opt.load_state_dict(ck["opt"])
         step, losses = ck["step"], ck["losses"]
-        if step >= a.text_steps:
-            return text_encoder.requires_grad_(False).eval()
         log(f"text: resumed at step {step}")
     log(f"text encoder: {a.text_steps} steps of batch {TEXT_BATCH} on captions alone ({len(seen)} distinct tokens)")
     bar = tqdm(range(step, a.text_steps), desc="text", initial=step, total=a.text_steps)
@@ -341,10 +342,8 @@ def stage_text(a, d, tokenizer):
         bar.set_postfix(this=f"{np.mean([l[0] for l in losses[-50:]]):.3f}",
                         next=f"{np.mean([l[1] for l in losses[-50:]]):.3f}", refresh=False)
         if (step + 1) % 500 == 0 or step + 1 == a.text_steps:
-            ck = {"text": text_encoder.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                  "step": step + 1, "losses": losses}
-            torch.save(ck, ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
+            checkpoint.write(ckpt_path, {"text": text_encoder.state_dict(), "heads": heads.state_dict(),
+                                         "opt": opt.state_dict(), "step": step + 1, "losses": losses})
     log(f"text: own-token loss {np.mean([l[0] for l in losses[-200:]]):.3f}, "
         f"next-token loss {np.mean([l[1] for l in losses[-200:]]):.3f} (last 200 steps)")
     return text_encoder.requires_grad_(False).eval()
@@ -355,7 +354,8 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
     resumable from WORK_DIR/unet_ckpt.pt."""
     ckpt_path = os.path.join(a.work, "unet_ckpt.pt")
     torch.manual_seed(a.seed)
-    unet, text_encoder = build_unet(), build_text_encoder()
+    unet = build_unet()
+    text_encoder = build_text_encoder() if frozen_text is None else frozen_text.requires_grad_(False)
     if a.init_from:  # start from a trained pipeline's UNet (and text encoder): a fine-tune on the current language
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
@@ -364,15 +364,12 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
             text_encoder.load_state_dict(CLIPTextModel.from_pretrained(a.init_from, subfolder="text_encoder")
                                          .float().state_dict())
         log(f"unet{'' if frozen_text is not None else ' and text encoder'} initialised from {a.init_from}")
-    if frozen_text is not None:
-        text_encoder.load_state_dict(frozen_text.state_dict())
-        text_encoder.requires_grad_(False)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, UNET_LR, weight_decay=1e-2, betas=(0.9, 0.99))
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     step, losses = 0, []
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=True)
+        ck = checkpoint.read(ckpt_path)
         for m, k in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
                      (opt, "opt")):
             m.load_state_dict(ck[k])
@@ -431,10 +428,9 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
             log(f"unet step {step + 1} loss {np.mean(losses[-100:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{(time.time() - t0) / (step + 1 - bar.initial):.2f} s/step")
         if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == a.unet_steps:
-            ck = {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                  "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1, "losses": losses}
-            torch.save(ck, ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
+            checkpoint.write(ckpt_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                                         "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                         "opt": opt.state_dict(), "step": step + 1, "losses": losses})
     return ema_unet, ema_text, losses
 
 
@@ -453,8 +449,8 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,
             "unet_steps": a.unet_steps, "unet_batch": UNET_BATCH, "unet_lr": UNET_LR, "bf16": a.bf16,
             "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
-            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2",
-            "text_encoder": a.text_encoder, "text_steps": a.text_steps if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
+            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2", "text_encoder": a.text_encoder,
+            "text_steps": a.text_steps if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)

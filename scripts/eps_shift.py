@@ -49,7 +49,8 @@ def main(argv=None):
     with torch.no_grad():
         for t in TIMESTEPS:
             tt = torch.full((len(z),), t)
-            b, e = shifts(base, base.unet, z, tt, concept, prompts), shifts(erased, erased.unet, z, tt, concept, prompts)
+            b = shifts(base, base.unet, z, tt, concept, prompts)
+            e = shifts(erased, erased.unet, z, tt, concept, prompts)
             for k in b:
                 print(f"| {t} | {k} | {b[k].pow(2).mean():.5f} | {e[k].pow(2).mean():.5f} | {cos(e[k], b[k]):+.2f} |")
 
