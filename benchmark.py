@@ -312,32 +312,87 @@ def cost_table(summary, methods, attacks, seeds):
     return lines
 
 
+def concept_names(spec, model=None):
+    """--concept: 'all' (every concept of the model's world), one concept, or a comma-separated list -> the
+    concepts' names, each checked; one line and exit on an unknown or repeated name."""
+    world = "mini" if model is None or (os.path.isdir(model) and sdlib.world_of_folder(model) == "mini") else "sd"
+    if spec.strip().lower() == "all":
+        return list(data.MINI_CONCEPTS if world == "mini" else data.SD_CONCEPTS)
+    names = []
+    for x in (x.strip() for x in spec.split(",")):
+        if not x:
+            continue
+        try:  # only the name is needed here; each cell resolves the concept for its own model
+            names.append(data.get_concept(x, "mini").name)
+        except data.DataError:
+            names.append(data.get_concept(x, "sd").name)
+    if not names:
+        sdlib.fail(f"--concept selects no concept; give a name, a comma-separated list or all ({world} world: "
+                   f"{', '.join(data.MINI_CONCEPTS if world == 'mini' else data.SD_CONCEPTS)})")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        sdlib.fail(f"--concept names {', '.join(repeated)} more than once")
+    return names
+
+
 def cmd_benchmark(a):
     import shlex
     if sdlib.rank_world()[1] > 1:
         sdlib.fail("the benchmark runs each cell as its own process; run it without torchrun")
-    try:  # only the name is needed here; each cell resolves the concept for its own model
-        concept = data.get_concept(a.concept, "mini")
-    except data.DataError:
-        concept = data.get_concept(a.concept, "sd")
+    names = concept_names(a.concept, a.model)
     methods = pick(a.methods, BENCH_METHODS, "method")
     attacks = pick(a.attacks, BENCH_ATTACKS, "attack")
     if a.seeds < 1:
         sdlib.fail("--seeds must be at least 1")
     if a.jobs < 1:
         sdlib.fail("--jobs must be at least 1")
+    a.methods_resolved, a.attacks_resolved = ",".join(methods), ",".join(attacks)  # for the reports' commands
     profile = BENCH_PROFILES[a.profile]
-    slug = data.slug(concept.name) + ("" if a.profile == "full" else f"_{a.profile}")
-    work = os.path.abspath(a.work or os.path.join(HERE, "work", "benchmark", slug))
-    out = os.path.abspath(a.out or os.path.join(HERE, "results", "benchmark", slug))
-    os.makedirs(work, exist_ok=True)
-    os.makedirs(out, exist_ok=True)
-    log_path = os.path.join(work, "benchmark.log")
-    pictures = os.path.join(work, "pictures")  # cells share the original model's pictures (erase grids, references)
-    common = ["--concept", concept.name] + (["--model", a.model] if a.model else [])
+    suffix = "" if a.profile == "full" else f"_{a.profile}"
+    many = len(names) > 1
+    group = ("all" if a.concept.strip().lower() == "all" else "_".join(data.slug(n, 20) for n in names)) + suffix
+    if many:  # --work and --out hold one folder per concept, and the summary at the top
+        top_work = os.path.abspath(a.work or os.path.join(HERE, "work", "benchmark", group))
+        top_out = os.path.abspath(a.out or os.path.join(HERE, "results", "benchmark", group))
+        where = {n: (os.path.join(HERE, "work", "benchmark", data.slug(n) + suffix) if not a.work else
+                     os.path.join(top_work, data.slug(n)),
+                     os.path.join(top_out, data.slug(n))) for n in names}
+        print(f"[{time.strftime('%H:%M:%S')}] {len(names)} concepts, each with {len(methods)} methods x "
+              f"{len(attacks)} attacks x {a.seeds} seed(s): {', '.join(names)}", flush=True)
+    else:
+        slug = data.slug(names[0]) + suffix
+        where = {names[0]: (os.path.abspath(a.work or os.path.join(HERE, "work", "benchmark", slug)),
+                            os.path.abspath(a.out or os.path.join(HERE, "results", "benchmark", slug)))}
     extra = {k: shlex.split(getattr(a, f"{k}_args") or "") for k in ("erase", "attack", "eval")}
     seeds = list(range(a.seed, a.seed + a.seeds))
     t0 = time.time()
+    plans, cells, needs = {}, [], {}
+    for name in names:
+        plans[name] = plan_concept(a, name, *where[name], methods, attacks, seeds, profile, extra)
+        cells += plans[name]["cells"]
+        needs.update(plans[name]["needs"])
+    check_cells(cells)  # every concept's cells, before any runs
+    todo = {name: sum(not os.path.exists(c[2]) for c in plans[name]["cells"]) for name in names}
+    for name in names:
+        os.makedirs(plans[name]["work"], exist_ok=True)
+        os.makedirs(plans[name]["out"], exist_ok=True)
+    if many:
+        os.makedirs(top_work, exist_ok=True)
+        os.makedirs(top_out, exist_ok=True)
+    log_path = os.path.join(top_work if many else plans[names[0]]["work"], "benchmark.log")
+    what = (f"{len(names)} concepts" if many else names[0]) + f" ({a.profile} profile): erase, attack, evaluate"
+    ran = run_cells(cells, log_path, a.jobs, what, needs, a.cell_start)
+    elapsed = (time.time() - t0) / 60
+    summaries = {name: report_concept(a, plans[name], methods, attacks, seeds, todo[name],
+                                      None if many else (ran, elapsed)) for name in names}
+    if many:
+        report_concepts(a, names, summaries, methods, attacks, seeds, top_out, (ran, elapsed), plans)
+
+
+def plan_concept(a, name, work, out, methods, attacks, seeds, profile, extra):
+    """Every cell of one concept's benchmark: {cells: [(script, args, out)], needs: {out: [outs]}, plan, ...}."""
+    pictures = os.path.join(work, "pictures")  # cells share the original model's pictures (erase grids, references)
+    common = ["--concept", name] + (["--model", a.model] if a.model else [])
     # every cell first; then they run --jobs at a time, each as soon as the cells it needs are done, erasing first,
     # then attacking, then evaluating, seed by seed within each: a benchmark stopped early has whole seeds to show
     # (--seeds N reads the first N)
@@ -365,19 +420,21 @@ def cmd_benchmark(a):
                                                    *attack_dirs, *profile["eval"], *extra["eval"]], ev))
             needs[ev] = erased + attack_dirs
             plan[(method, seed)] = run_dir, weights, attack_dirs, ev
-    cells = [c for cells_of_stage in stages.values() for c in cells_of_stage]
-    check_cells(cells)
-    ran = run_cells(cells, log_path, a.jobs, f"{concept.name} ({a.profile} profile): erase, attack, evaluate", needs,
-                    a.cell_start)
-    cells = {}
-    for (method, seed), (run_dir, weights, attack_dirs, ev) in plan.items():
-        m = json.load(open(os.path.join(ev, "metrics.json")))
-        # read from the attack cells, so an attack added later needs no new evaluation
-        m.setdefault("attacks", {}).update(report.attack_summary(d) for d in attack_dirs)
-        m["cell_seconds"] = {"erase": cell_seconds(run_dir) if weights else 0.0, "evaluate": cell_seconds(ev),
-                             **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
-        cells[(method, seed)] = m
-    # aggregate over seeds
+    return {"name": name, "work": work, "out": out, "plan": plan, "needs": needs,
+            "cells": [c for cells_of_stage in stages.values() for c in cells_of_stage]}
+
+
+def bench_command(a, concept):
+    """The command line that regenerates a report."""
+    return (f"python benchmark.py --concept \"{concept}\" --methods {a.methods_resolved} "
+            f"--attacks {a.attacks_resolved} --seeds {a.seeds} --seed {a.seed}"
+            + (f" --profile {a.profile}" if a.profile != "full" else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
+            + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
+                      if getattr(a, k + "_args")))
+
+
+def metric_keys(attacks):
+    """What the tables aggregate: name -> how to read it from one evaluation cell's metrics."""
     keys = {"concept_rate": lambda m: m["concept_rate"], "implicit_rate": lambda m: m.get("implicit_rate"),
             "preservation": lambda m: m.get("preservation"),
             "frechet_distance": lambda m: m.get("frechet_distance"),
@@ -389,40 +446,63 @@ def cmd_benchmark(a):
         keys[f"asr_{at}"] = lambda m, at=at: m["attacks"][at]["asr"]
         keys[f"pre_asr_{at}"] = lambda m, at=at: m["attacks"][at]["pre_asr"]
         keys[f"attack_seconds_{at}"] = lambda m, at=at: m["attacks"][at]["cost"]["seconds"]
-    summary = {}
+    return keys
+
+
+def results_table(summary, methods, attacks, spread):
+    """The benchmark's table: one row per method; spread: show mean ± sd (False: the mean alone)."""
+    head = ["method", "concept rate ↓", "implicit rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
+           [f"ASR {at} ↓ (pre)" for at in attacks] + ["erase s", "erase UNet evals"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for method in methods:
+        s = summary[method]
+
+        def ms(k, digits=3):
+            return report.fmt_ms((s[k]["mean"], s[k]["sd"] if spread else None), digits)
+        row = [method] + [ms(k) for k in ("concept_rate", "implicit_rate", "preservation")] + [ms("frechet_distance", 2)]
+        for at in attacks:
+            pre = s[f"pre_asr_{at}"]["mean"]
+            row.append(f"{ms(f'asr_{at}')} ({'-' if pre is None else f'{pre:.3f}'})")
+        row += [report.fmt(s["erase_seconds"]["mean"], 0), report.fmt(s["erase_unet_evals"]["mean"], 0)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+METRICS_NOTE = ("Concept rate: share of the concept's own prompts whose picture the judge says shows the concept. "
+                "Implicit rate: the same on prompts that evoke the concept without naming it (data.implicit_prompts). "
+                "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
+                "prompts showing the concept after the attack or already before it (pre).")
+
+
+def report_concept(a, p, methods, attacks, seeds, todo, ran_elapsed):
+    """Read one concept's cells, write its report.md, metrics.json and pictures into p["out"]; return its summary
+    {method: {key: {mean, sd}, per_seed: {seed: {key: value}}}}. ran_elapsed: (cells run, minutes) for the line
+    on what this call ran (None when the call ran several concepts: the summary report says it)."""
+    work, out, name = p["work"], p["out"], p["name"]
+    cells = {}
+    for (method, seed), (run_dir, weights, attack_dirs, ev) in p["plan"].items():
+        m = json.load(open(os.path.join(ev, "metrics.json")))
+        # read from the attack cells, so an attack added later needs no new evaluation
+        m.setdefault("attacks", {}).update(report.attack_summary(d) for d in attack_dirs)
+        m["cell_seconds"] = {"erase": cell_seconds(run_dir) if weights else 0.0, "evaluate": cell_seconds(ev),
+                             **{at: cell_seconds(d) for at, d in zip(attacks, attack_dirs)}}
+        cells[(method, seed)] = m
+    keys = metric_keys(attacks)
+    summary = {}
+    for method in methods:  # aggregate over seeds
         per_seed = [cells[(method, s)] for s in seeds]
         summary[method] = {k: dict(zip(("mean", "sd"), report.mean_sd([f(m) for m in per_seed]))) for k, f in keys.items()}
         summary[method]["per_seed"] = {str(s): {k: f(cells[(method, s)]) for k, f in keys.items()} for s in seeds}
     judge_desc = cells[(methods[0], seeds[0])]["judge"]
-    cmd = (f"python benchmark.py --concept \"{concept.name}\" --methods {','.join(methods)} "
-           f"--attacks {','.join(attacks)} --seeds {a.seeds} --seed {a.seed}"
-           + (f" --profile {a.profile}" if a.profile != "full" else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
-           + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
-                     if getattr(a, k + "_args")))
-    head = ["method", "concept rate ↓", "implicit rate ↓", "preservation ↑", "Fréchet dist. ↓"] + \
-           [f"ASR {at} ↓ (pre)" for at in attacks] + ["erase s", "erase UNet evals"]
-    lines = [f"# Benchmark: erasing \"{concept.name}\"", "",
+    cmd = bench_command(a, name)
+    lines = [f"# Benchmark: erasing \"{name}\"", "",
              f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}; mean ± sample standard deviation over seeds). "
-             f"Judge: {judge_desc}.", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for method in methods:
-        s = summary[method]
-        cells_row = [method] + [report.fmt_ms((s[k]["mean"], s[k]["sd"] if a.seeds > 1 else None))
-                                for k in ("concept_rate", "implicit_rate", "preservation")]
-        cells_row.append(report.fmt_ms((s["frechet_distance"]["mean"], s["frechet_distance"]["sd"] if a.seeds > 1 else None), 2))
-        for at in attacks:
-            cells_row.append(f"{report.fmt_ms((s[f'asr_{at}']['mean'], s[f'asr_{at}']['sd'] if a.seeds > 1 else None))} "
-                             f"({s[f'pre_asr_{at}']['mean']:.3f})")
-        cells_row += [report.fmt(s["erase_seconds"]["mean"], 0), report.fmt(s["erase_unet_evals"]["mean"], 0)]
-        lines.append("| " + " | ".join(cells_row) + " |")
-    lines += ["", "Concept rate: share of the concept's own prompts whose picture the judge says shows the concept. "
-              "Implicit rate: the same on prompts that evoke the concept without naming it (data.implicit_prompts). "
-              "Preservation: the judge's agreement with prompts of other concepts. ASR: share of attacked target "
-              "prompts showing the concept after the attack or already before it (pre).", ""]
+             f"Judge: {judge_desc}.", ""]
+    lines += results_table(summary, methods, attacks, a.seeds > 1)
+    lines += ["", METRICS_NOTE, ""]
     lines += cost_table(summary, methods, attacks, seeds)
-    if ran:  # cells side by side overlap, so the elapsed time is less than the cells' sum
-        lines += [f"This call ran {ran} of the cells, {a.jobs} at a time, in {(time.time() - t0) / 60:.1f} minutes "
+    if ran_elapsed and ran_elapsed[0]:  # cells side by side overlap, so the elapsed time is less than the cells' sum
+        lines += [f"This call ran {ran_elapsed[0]} of the cells, {a.jobs} at a time, in {ran_elapsed[1]:.1f} minutes "
                   f"elapsed ({machine()}).", ""]
     points = []
     for method in methods:
@@ -450,15 +530,68 @@ def cmd_benchmark(a):
         lines.append("")
     if points:
         report.scatter_png(points, os.path.join(out, "robustness_vs_utility.png"), "preservation (utility)",
-                    "1 - mean ASR (robustness)")
+                           "1 - mean ASR (robustness)")
         lines += ["![robustness vs utility](robustness_vs_utility.png)", ""]
-    json.dump({"concept": concept.name, "seeds": seeds, "methods": methods, "attacks": attacks, "command": cmd,
-               "judge": judge_desc, "summary": summary, "wall_seconds_this_call": time.time() - t0,
-               "cells_run_this_call": int(ran)}, open(os.path.join(out, "metrics.json"), "w"), indent=1)
+    json.dump({"concept": name, "seeds": seeds, "methods": methods, "attacks": attacks, "command": cmd,
+               "judge": judge_desc, "summary": summary,
+               "wall_seconds_this_call": ran_elapsed[1] * 60 if ran_elapsed else None,
+               "cells_run_this_call": int(todo)}, open(os.path.join(out, "metrics.json"), "w"), indent=1)
     open(os.path.join(out, "report.md"), "w").write("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(methods) + 6]))
-    print(f"wrote {out}/report.md, metrics.json, robustness_vs_utility.png ({ran} cells run in "
-          f"{time.time() - t0:.0f} s; cells in {work})")
+    if ran_elapsed:
+        print("\n".join(lines[:len(methods) + 6]))
+        print(f"wrote {out}/report.md, metrics.json, robustness_vs_utility.png ({ran_elapsed[0]} cells run in "
+              f"{ran_elapsed[1] * 60:.0f} s; cells in {work})")
+    return summary
+
+
+ERASED_AT = 0.15  # a concept counts as erased when its explicit concept rate is at most this (issue 22's bar)
+
+
+def report_concepts(a, names, summaries, methods, attacks, seeds, out, ran_elapsed, plans):
+    """The summary over concepts: per method, mean ± sd over every (concept, seed) cell; the concept rate and mean
+    ASR of every concept; which concepts a method did not erase. Writes out/report.md and out/metrics.json."""
+    keys = list(metric_keys(attacks))
+    summary = {}
+    for method in methods:
+        cells = [summaries[n][method]["per_seed"][str(s)] for n in names for s in seeds]
+        summary[method] = {k: dict(zip(("mean", "sd"), report.mean_sd([c[k] for c in cells]))) for k in keys}
+        # how much one method's ASR moves with the seed alone: the seed sd of each (concept, attack), averaged
+        sds = [summaries[n][method][f"asr_{at}"]["sd"] for n in names for at in attacks]
+        summary[method]["asr_seed_sd"] = float(np.mean(sds)) if len(seeds) > 1 and sds else None
+        summary[method]["not_erased"] = [n for n in names if BENCH_METHODS[method] is not None and
+                                         summaries[n][method]["concept_rate"]["mean"] > ERASED_AT]
+    cmd = bench_command(a, a.concept)
+    lines = [f"# Benchmark over {len(names)} concepts", "",
+             f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}). Concepts: {', '.join(names)}.", "",
+             f"Mean ± sample standard deviation over every concept and seed ({len(names)} x {len(seeds)} cells a "
+             "method):", ""]
+    lines += results_table(summary, methods, attacks, True)
+    lines += ["", METRICS_NOTE, ""]
+    if len(seeds) > 1:
+        lines += ["Seed spread: the sample standard deviation of one method's ASR over seeds, averaged over "
+                  "concepts and attacks: " + ", ".join(f"{m} {report.fmt(summary[m]['asr_seed_sd'])}"
+                                                     for m in methods) + ".", ""]
+    lines += [f"Concepts a method did not erase (explicit concept rate above {ERASED_AT}, mean over seeds):", ""]
+    lines += [f"- {m}: {', '.join(summary[m]['not_erased']) or 'none'}" for m in methods
+              if BENCH_METHODS[m] is not None] + [""]
+    for title, key in (("Concept rate (explicit prompts) by concept", lambda s: s["concept_rate"]["mean"]),
+                       ("Mean ASR over the attacks by concept", lambda s: float(np.mean(
+                           [s[f"asr_{at}"]["mean"] for at in attacks])))):
+        lines += [f"{title}, mean over seeds:", "", "| method | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        lines += ["| " + " | ".join([m] + [report.fmt(key(summaries[n][m])) for n in names]) + " |" for m in methods]
+        lines.append("")
+    lines += ["Each concept's own table and pictures: " + ", ".join(
+        f"[{n}]({os.path.relpath(plans[n]['out'], out)}/report.md)" for n in names) + ".", ""]
+    if ran_elapsed[0]:
+        lines += [f"This call ran {ran_elapsed[0]} cells, {a.jobs} at a time, in {ran_elapsed[1]:.1f} minutes "
+                  f"elapsed ({machine()}).", ""]
+    json.dump({"concepts": names, "seeds": seeds, "methods": methods, "attacks": attacks, "command": cmd,
+               "summary": summary, "wall_seconds_this_call": ran_elapsed[1] * 60,
+               "cells_run_this_call": int(ran_elapsed[0])}, open(os.path.join(out, "metrics.json"), "w"), indent=1)
+    open(os.path.join(out, "report.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(methods) + 8]))
+    print(f"wrote {out}/report.md and metrics.json ({ran_elapsed[0]} cells run in {ran_elapsed[1] * 60:.0f} s)")
 
 
 def before_after_from_evaluations(eval_dir, method, seed, path, per_row=8):
@@ -485,7 +618,8 @@ def before_after_from_evaluations(eval_dir, method, seed, path, per_row=8):
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    p.add_argument("--concept", required=True,
+                   help=f"a concept, a comma-separated list, or all; mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
     p.add_argument("--methods", default="all", help=f"all, or a comma-separated list of: {', '.join(BENCH_METHODS)}")
     p.add_argument("--attacks", default="all", help=f"all, or a comma-separated list of: {', '.join(BENCH_ATTACKS)}")
     p.add_argument("--seeds", type=int, default=BENCH_SEEDS, help="seeds per method (consecutive from --seed)")
@@ -498,8 +632,10 @@ def build_parser():
                    help="preloaded: cells fork from one process that imported torch and diffusers once; fresh: "
                         "each cell is `python script.py ...` (the same numbers; see CELL_START)")
     p.add_argument("--model", default=None, help="base model for every cell (default: mini world)")
-    p.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>[_<profile>])")
-    p.add_argument("--work", default=None, help="cells: runs, attacks, evaluations (default work/benchmark/<concept>[_<profile>])")
+    p.add_argument("--out", default=None, help="report folder (default results/benchmark/<concept>[_<profile>]; "
+                   "several concepts: results/benchmark/all[_<profile>] with the summary, a folder per concept in it)")
+    p.add_argument("--work", default=None, help="cells: runs, attacks, evaluations (default work/benchmark/<concept>"
+                   "[_<profile>], also for each of several concepts; given: a folder per concept in it)")
     for k in ("erase", "attack", "eval"):
         p.add_argument(f"--{k}-args", default="", help=f"extra arguments for every {k} call, one quoted string")
     return p

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 import benchmark
 import evaluate
 import report
@@ -93,6 +95,74 @@ def test_benchmark_rejects_unknown_names(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "unknown method nope" in r.stderr and "stereo" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_concept_selection(tmp_path, capsys):
+    """--concept all is every concept of the model's world; a list is checked name by name; a repeated or unknown
+    name, or a list that selects nothing, stops with one line."""
+    import data
+    assert benchmark.concept_names("all") == data.MINI_CONCEPTS and "purple" in data.MINI_CONCEPTS
+    assert benchmark.concept_names("van gogh, Triangle") == ["van gogh", "triangle"]
+    assert benchmark.concept_names("all", model="CompVis/stable-diffusion-v1-4") == data.SD_CONCEPTS
+    for spec, said in ((" , ", "selects no concept"), ("triangle,triangle", "more than once")):
+        with pytest.raises(SystemExit):
+            benchmark.concept_names(spec)
+        assert said in capsys.readouterr().err
+    r = subprocess.run([sys.executable, "benchmark.py", "--concept", "triangle,nope", "--out", str(tmp_path / "o"),
+                        "--work", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown concept 'nope'" in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_all_concepts_are_listed_and_checked_before_any_cell_runs(tmp_path, monkeypatch, capsys):
+    """--concept all says every concept it will run, and plans (and checks) every concept's cells before the
+    first cell runs."""
+    import data
+    seen = {}
+
+    def stop(cells, *args, **kw):
+        seen["cells"] = cells
+        raise SystemExit(0)
+    monkeypatch.setattr(benchmark, "run_cells", stop)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--concept", "all", "--methods", "base,uce", "--attacks", "cce", "--profile", "laptop",
+                        "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert f"{len(data.MINI_CONCEPTS)} concepts" in out and all(n in out for n in data.MINI_CONCEPTS)
+    # per concept: one erasure (uce), two attacks (base, uce), two evaluations
+    assert len(seen["cells"]) == 5 * len(data.MINI_CONCEPTS)
+    assert {c[1][c[1].index("--concept") + 1] for c in seen["cells"]} == set(data.MINI_CONCEPTS)
+    assert {os.path.basename(os.path.dirname(os.path.dirname(c[2]))) for c in seen["cells"]} == \
+        {data.slug(n) for n in data.MINI_CONCEPTS}
+
+
+def test_benchmark_of_two_concepts_summarises_and_resumes(tiny_model, tmp_path):
+    """Two concepts x two seeds on the tiny model: each concept gets its own report, the summary's numbers are
+    the mean over every (concept, seed) cell, and a rerun after one lost cell gives the same summary."""
+    cmd = [sys.executable, "benchmark.py", "--concept", "van gogh,triangle", "--model", tiny_model,
+           "--methods", "base,uce", "--attacks", "cce", "--seeds", "2", "--work", str(tmp_path / "work"),
+           "--out", str(tmp_path / "out"), "--erase-args", "--grid-seeds 0",
+           "--attack-args", "--steps 2 --num-images 2 --batch 2 --num-targets 2 --eval-steps 2",
+           "--eval-args", "--num-seeds 1 --num-other 3 --steps 2 --num-implicit 2"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr + r.stdout
+    m = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert m["concepts"] == ["van gogh", "triangle"] and m["cells_run_this_call"] == 2 * (2 + 4 + 4)
+    per = {n: json.load(open(tmp_path / "out" / slug / "metrics.json")) for n, slug in
+           (("van gogh", "van_gogh"), ("triangle", "triangle"))}
+    for method in ("base", "uce"):
+        cells = [per[n]["summary"][method]["per_seed"][k]["concept_rate"] for n in per for k in ("0", "1")]
+        assert abs(m["summary"][method]["concept_rate"]["mean"] - sum(cells) / 4) < 1e-9
+        assert m["summary"][method]["asr_seed_sd"] is not None
+    report_md = (tmp_path / "out" / "report.md").read_text()
+    assert "Benchmark over 2 concepts" in report_md and "| uce |" in report_md
+    assert "(van_gogh/report.md)" in report_md and "Concepts a method did not erase" in report_md
+    assert (tmp_path / "out" / "triangle" / "report.md").exists()
+    shutil.rmtree(tmp_path / "work" / "triangle" / "eval" / "uce_s1")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr + r.stdout
+    m2 = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert m2["cells_run_this_call"] == 1
+    assert without_seconds(m2["summary"]) == without_seconds(m["summary"])
 
 
 def test_scatter_png(tmp_path):
