@@ -28,7 +28,7 @@ import sd as sdlib
 
 SEED = 0  # the first seed (--seed); seeds run SEED, SEED + 1, ...
 PARSERS = {"erase.py": erase.parse, "attack.py": attack.parse,  # each cell script's own settings parser
-           "evaluate.py": lambda argv: evaluate.build_parser().parse_args(argv)}
+           "evaluate.py": evaluate.parse}
 
 BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the unerased model)
     "base": None,

@@ -498,6 +498,7 @@ class Concept:
     pairs: list = field(default_factory=list)  # Ring-A-Bell: (with the concept, the same prompt without it)
     kind: str = "style"  # style or object (objects, shapes, nudity): picks ESD's parameters (erase.py, ESD_TRAIN_FOR)
     implicit_prompts: list = field(default_factory=list)  # prompts that evoke the concept without naming it (I2P's role)
+    parts: list = field(default_factory=list)  # several concepts erased at once (combine_concepts): each one's preset
 
 
 STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}  # the word of prompt_for
@@ -680,6 +681,51 @@ def get_concept(name, world="mini", concept_file=None):
     if not concept.prompts:
         raise DataError(f"concept {name!r} has no prompts")
     return concept
+
+
+def shows_any(prompt, label, concepts):
+    """Whether a prompt (with its mini-world label (shape, colour, style), or None) shows one of concepts: by the
+    label's values in the mini world, by the concepts' words (whole words, any case) elsewhere."""
+    if label is not None and any(c.value in label for c in concepts if c.value):
+        return True
+    return any(re.search(rf"\b{re.escape(c.words.lower())}\b", prompt.lower()) for c in concepts)
+
+
+def combine_concepts(concepts):
+    """Several concepts erased at once: one Concept whose prompts, templates, guides, scene anchors, pairs and
+    implicit prompts are theirs in turn, whose anchors and other prompts show none of them, and whose parts are
+    the concepts themselves (the methods read each one's words from parts). One concept comes back as it is."""
+    if len(concepts) == 1:
+        return concepts[0]
+    names = [c.name for c in concepts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"concept {', '.join(map(repr, repeated))} is given more than once")
+    judges_ = {c.judge for c in concepts}
+    if len(judges_) > 1:
+        raise DataError(f"concepts {', '.join(map(repr, names))} are judged by different judges ({', '.join(sorted(judges_))}); "
+                        "erase concepts of one judge together")
+    kinds = {c.kind for c in concepts}
+    others, labels = [], []
+    for c in concepts:  # other concepts' prompts, without any prompt that shows one of the erased concepts
+        for i, p in enumerate(c.other_prompts):
+            lab = c.other_labels[i] if c.other_labels else None
+            if p not in others and not shows_any(p, lab, concepts):
+                others.append(p)
+                if lab is not None:
+                    labels.append(lab)
+    if not others:
+        raise DataError(f"no prompt of another concept is left once {', '.join(map(repr, names))} are all erased: "
+                        "nothing would measure preservation")
+    anchors = list(dict.fromkeys(p for c in concepts for p in c.anchors if not shows_any(p, None, concepts)))
+    first = concepts[0]
+    return Concept(name=" + ".join(names), words=first.words, prompts=[p for c in concepts for p in c.prompts],
+                   templates=[t for c in concepts for t in c.templates], guides=[g for c in concepts for g in c.guides],
+                   anchors=anchors or others, scene_anchors=[s for c in concepts for s in c.scene_anchors],
+                   other_prompts=others, other_labels=labels if len(labels) == len(others) else [],
+                   judge=first.judge, attribute=first.attribute, value=first.value,
+                   pairs=[pr for c in concepts for pr in c.pairs], kind=kinds.pop() if len(kinds) == 1 else "mixed",
+                   implicit_prompts=[p for c in concepts for p in c.implicit_prompts], parts=list(concepts))
 
 
 def spread(items, n):

@@ -177,23 +177,70 @@ def measure(sd, concept, judge, a, inputs=None):
     return m, c_images, o_images
 
 
+def concepts_of(a, world):
+    """The concept (or, --concept given more than once, the concepts) to evaluate: (combined, [each])."""
+    names = a.concept if isinstance(a.concept, list) else [a.concept]
+    if a.concept_file and len(names) > 1:
+        raise data.DataError("--concept-file gives one concept; give several concepts by name, not with a file")
+    parts = [data.get_concept(n, world, a.concept_file) for n in names]
+    return data.combine_concepts(parts), parts
+
+
+def measure_several(sd, concept, parts, a, inputs):
+    """Several concepts erased at once: each one's concept and implicit rates under its own judge, and
+    preservation on prompts that show none of them (concept.other_prompts). The top-level rates are the mean over
+    the concepts; metrics["concepts"] has each one's."""
+    import dataclasses
+    per, c_all = {}, []
+    for k, part in enumerate(parts):
+        judge = judges.make_judge(part, a)
+        # the first concept's pass also draws the other prompts, with the combined list of them
+        mine = dataclasses.replace(part, other_prompts=concept.other_prompts if k == 0 else [],
+                                   other_labels=concept.other_labels if k == 0 else [])
+        m, c_images, o_images = measure(sd, mine, judge, a, inputs)
+        if k == 0:
+            first, o_keep = m, o_images
+        per[part.name] = {key: m[key] for key in ("concept_rate", "implicit_rate", "n_concept_images",
+                                                  "n_implicit_images", "judge")}
+        if len(o_keep):  # how often the other prompts show this concept
+            per[part.name]["other_concept_rate"] = float(judge(o_keep).mean())
+        c_all.append(c_images)
+    m = dict(first)
+    m["concepts"] = per
+    m["concept_rate"] = float(np.mean([p["concept_rate"] for p in per.values()]))
+    rates = [p["implicit_rate"] for p in per.values() if p["implicit_rate"] is not None]
+    m["implicit_rate"] = float(np.mean(rates)) if rates else None
+    m["judge"] = "; ".join(f"{n}: {p['judge']}" for n, p in per.items())
+    return m, np.concatenate(c_all), o_keep
+
+
 def cmd_evaluate(a):
     sd = load_model(a)
-    concept = data.get_concept(a.concept, sd.world, a.concept_file)
-    judge = judges.make_judge(concept, a)
+    concept, parts = concepts_of(a, sd.world)
+    judge = judges.make_judge(parts[0], a)  # a judge that does not fit fails here, before anything is drawn
     inputs = user_inputs(a, concept)  # bad files fail here, before anything is drawn or written
+    if len(parts) > 1 and inputs["prompts"]:
+        raise data.DataError("--prompts gives the prompts of one concept; evaluate several concepts from their presets")
     with sdlib.output_dir(a.out, a.overwrite) as tmp:
-        m, c_images, o_images = measure(sd, concept, judge, a, inputs)
+        if len(parts) > 1:
+            m, c_images, o_images = measure_several(sd, concept, parts, a, inputs)
+        else:
+            m, c_images, o_images = measure(sd, concept, judge, a, inputs)
         m.update({"concept": concept.name, "model": sd.name, "weights": a.weights, "seed": a.seed,
                   "num_seeds": a.num_seeds, "steps": a.steps, "guidance": a.guidance})
         if a.weights:
             m["erase_cost"] = sdlib.read_run_config(a.weights).get("cost")
         m["attacks"] = dict(report.attack_summary(d) for d in a.attacks or [])
         json.dump(m, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
-        open(os.path.join(tmp, "report.md"), "w").write(report.report_table([m]) + "\n")
+        table = report.report_table([m])
+        if len(parts) > 1:
+            table += "\n\n| concept | concept rate | implicit rate |\n|---|---|---|\n" + "".join(
+                f"| {n} | {report.fmt(p['concept_rate'])} | {report.fmt(p['implicit_rate'])} |\n"
+                for n, p in m["concepts"].items())
+        open(os.path.join(tmp, "report.md"), "w").write(table + "\n")
         data.save_png(data.image_grid(c_images[:32], report.GRID_COLS), os.path.join(tmp, "concept_grid.png"))
         data.save_png(data.image_grid(o_images[:32], report.GRID_COLS), os.path.join(tmp, "other_grid.png"))
-    print(report.report_table([m]))
+    print(table)
     print(f"wrote {a.out}/metrics.json, report.md, concept_grid.png, other_grid.png")
 
 
@@ -235,7 +282,9 @@ def build_parser():
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
     e = sub.add_parser("evaluate", help="concept rate, preservation, Frechet distance (and attack ASRs) of a model")
-    e.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    e.add_argument("--concept", required=True, action="append",
+                   help="the concept; given more than once: concepts erased together (each one's rate, and "
+                        f"preservation on prompts showing none of them). Mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
     e.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
     e.add_argument("--attacks", nargs="*", help="attack output folders to fold into the report")
     e.add_argument("--out", required=True)
@@ -265,8 +314,15 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def parse(argv=None):
     a = build_parser().parse_args(argv)
+    if isinstance(getattr(a, "concept", None), list) and len(a.concept) == 1:
+        a.concept = a.concept[0]  # one concept: a name, as before --concept could be repeated
+    return a
+
+
+def main(argv=None):
+    a = parse(argv)
     if getattr(a, "num_images", 1) < 1 or getattr(a, "steps", 1) < 1 or getattr(a, "batch", 1) < 1:
         sdlib.fail("--num-images, --steps and --batch must be at least 1")
     try:
