@@ -25,7 +25,7 @@ import judges
 import lora
 import losses
 import sd as sdlib
-from inversion import image_latents, textual_inversion
+from inversion import image_latents, scheduled_lr, textual_inversion
 
 # ---- settings (every one is a flag; python erase.py --help) -----------------------------------------------------
 METHODS = ["esd", "uce", "stereo", "ap", "dm2", "advunlearn", "rece"]
@@ -58,6 +58,9 @@ STEREO_STE_ITERATIONS = 100  # ESD iterations per stage-1 round
 STEREO_TI_STEPS = 200  # textual-inversion steps of each stage-1 attack
 STEREO_TI_IMAGES = 16  # fresh pool pictures per round (pool slices never overlap)
 STEREO_TI_LR = 5e-3
+STEREO_TI_BATCH = None  # pictures per inversion step; None: min(8, --ti-images)
+STEREO_STE_LR = None  # stage 1's ESD learning rate; None: --lr, as stage 2
+STEREO_OPTIMIZER = "adam"  # both stages' optimiser: adam, or adamw (the public code's, weight decay 0.01)
 STEREO_REO_ITERATIONS = 300  # stage-2 iterations
 STEREO_ANCHOR_SCALE = 1.0  # s_a; with s_e = 3 this is the public code's +1 anchor / -3 erase weighting
 STEREO_ERASE_SCALE = 3.0  # s_e; the paper's symmetric form is s_a = s_e
@@ -77,11 +80,17 @@ DM2_TOKENS = 16  # L: tokens of each mined embedding
 DM2_MINE_IMAGES = 3  # k: pool pictures each mining inverts
 DM2_MINE_STEPS = 100
 DM2_MINE_LR, DM2_MINE_LR_END, DM2_MINE_CLIP = 0.1, 0.01, 10.0
+DM2_MINE_DECAY = "linear"  # mining's lr goes to DM2_MINE_LR_END linearly, or ("step") at once at ...
+DM2_MINE_DECAY_AT = 0.5  # ... this fraction of the mining steps
 DM2_VERIFY_IMAGES = 4  # pictures generated from a mined embedding to verify it
 DM2_THRESHOLD = 0.2  # tau: stop when the verify score s(c) falls below it
 DM2_CIRCUMVENT_STEPS = 300  # LoRA steps per loop: enough for circumventing to finish (docs/methods.md, DM2)
 DM2_BATCH = 4  # pool pictures per circumvent step
 DM2_LR = 3e-3  # LoRA learning rate
+DM2_OPTIMIZER = "adam"  # circumventing's optimiser: adam, or sgd (the paper's; no momentum, none is stated)
+DM2_LR_END = None  # circumventing's lr drops to this at DM2_DECAY_AT of each loop's steps (None: constant DM2_LR)
+DM2_DECAY_AT = 0.8
+DM2_CLIP = None  # gradient-norm clip of circumventing (None: none)
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
@@ -99,6 +108,36 @@ ADVUNLEARN_GAMMA = 0.3  # gamma: weight of the utility-retaining term (epsilon s
 # RECE (Gong et al. 2024): UCE, then rounds of: closed-form adversarial embedding c' of the edited model, UCE-erase it
 RECE_ROUNDS = 3
 RECE_LAMBDA = 0.1  # lambda: ridge term of c' = (sum W'^T W' + lambda I)^-1 sum W'^T W c
+# --schedule paper: a method's settings as its paper or public code states them (SD v1.4 runs; the defaults above
+# are the mini world's). A flag given on the command line wins over them; config.json records the result.
+SCHEDULE = "default"
+PAPER_SCHEDULE = {
+    # DM2, Meng et al. 2024, Appendix A. Not stated there, so ours stay: the pool's size (--dm2-pool; the paper's
+    # prompt is "a * photo"), the tokens per embedding L (--dm2-tokens 16; Table S4's L = 32 row scores the 12.07 of
+    # the rows marked "used", a hint, not a statement), the pictures per verification, SGD's momentum (none), and a
+    # cap on the loops (the paper has none: 48 loops at tau 0.2 in Table S3; --dm2-max-loops stays 10).
+    "dm2": dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
+                dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
+                dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd", dm2_lr=0.01,
+                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5),
+    # STEREO, the public code (koushiksrivats/robust-concept-erasing: train.py's defaults, utils/stereo.py). Its
+    # ESD target is APG's normalized_guidance(e(c), e(0), 2) = e(c) - (2 - 1)(e(c) - e(0)) = e(0), which is
+    # ESD's e(0) - eta (e(c) - e(0)) at eta = 0, not 2: "negative guidance 2" counts from e(c), as its
+    # compositional scale 2 does (+1 anchor, -3 erase). Stage 1: AdamW lr 5e-6 (--ste_lr 0.5e-5), x_t by DDIM
+    # 50 at guidance 3, batch 1; inversion: AdamW lr 5e-3 at batch 1 on a quarter of a 500-picture gallery per
+    # round (ours keeps Adam, shared with CCE and DM2's mining). Stage 2: --iterations 200 again, AdamW lr 2e-5.
+    "stereo": dict(rounds=4, ste_iterations=200, ste_lr=5e-6, eta=0.0, ddim_steps=50, start_guidance=3.0, batch=1,
+                   ti_steps=3000, ti_lr=5e-3, ti_images=125, ti_batch=1, reo_iterations=200, lr=2e-5,
+                   stereo_optimizer="adamw", anchor_scale=1.0, erase_scale_reo=3.0),
+    # AP, Bui et al. 2024: the slides (shared/papers/001_*.txt) state no number. These are the public code's
+    # (tuananhbui89/Erasing-Adversarial-Preservation, train_adversarial_gumbel.py and run_imagenette.sh /
+    # run_artist.sh): 1,000 iterations, Adam lr 1e-5, negative guidance 1, start guidance 3, DDIM 50, batch 1, the
+    # adversary's Adam at lr 1e-2 on a hard Gumbel-softmax at temperature 2 over 100 k-means centres of the 1,000
+    # tokens nearest the concept (run_nudity.sh: 50 of 2,000), one adversary step per model step, lambda 1 (no
+    # weight in the code). Its two terms are in x0 space (ours: epsilon space).
+    "ap": dict(iterations=1000, lr=1e-5, eta=1.0, start_guidance=3.0, ddim_steps=50, batch=1, ap_lambda=1.0,
+               ap_temperature=2.0, ap_adv_lr=1e-2, ap_candidates=100, ap_vocab_pool=1000),
+}
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 RESUME_IGNORES = ("resume", "overwrite", "out", "device", "picture_cache", "export", "grid_seeds")  # change no weight
 GRID_PROMPTS = 6  # prompts per row group in before_after.png
@@ -230,7 +269,7 @@ def stereo(sd, concept, a, state):
         uncond = sdlib.encode(sd, [""] * a.batch)
     for r in range(done, a.rounds):
         words = concept.words if r == 0 else list(tokens)[-1]  # the concept, then the newest adversarial token
-        opt = torch.optim.Adam(params.values(), lr=a.lr)
+        opt = stereo_optimizer(params.values(), a, a.lr if a.ste_lr is None else a.ste_lr)
         bar = tqdm(range(a.ste_iterations), desc=f"stereo STE round {r + 1}/{a.rounds}: erase")
         for step in bar:
             gen = step_generator(a, step, offset=(r + 1) * 1_000_000)
@@ -243,14 +282,15 @@ def stereo(sd, concept, a, state):
         name = f"<stereo{r}>"
         sl = slice(r * a.ti_images, (r + 1) * a.ti_images)
         learned = textual_inversion(sd, pool[sl], pool_templates[sl], [name], "style", a.ti_steps, a.ti_lr,
-                                    min(8, a.ti_images), a.seed + r, desc=f"stereo STE round {r + 1}: attack")
+                                    a.ti_batch or min(8, a.ti_images), a.seed + r,
+                                    desc=f"stereo STE round {r + 1}: attack")
         tokens[name] = learned[name]
         ids[name] = sdlib.add_tokens(sd, [name])[0]
         checkpoint.write(rounds_path, {"tokens": tokens, "rounds_done": r + 1, "settings": state.get("settings"),
                                        "params": {n: p.detach() for n, p in params.items()}})
         record_cost(state)
     # stage 2: from the original weights, the concept and all adversarial tokens at once
-    opt = torch.optim.Adam(params.values(), lr=a.lr)
+    opt = stereo_optimizer(params.values(), a, a.lr)
     start = load_checkpoint(state, sd.unet, opt)
     if start == 0:
         with torch.no_grad():
@@ -274,6 +314,11 @@ def stereo(sd, concept, a, state):
         finish_step(state, loss, step, opt, bar, sd.unet)
     state["extra_tensors"] = {f"adversarial.{n}": v for n, v in tokens.items()}
     return {f"unet.{n}": p for n, p in params.items()}
+
+
+def stereo_optimizer(params, a, lr):
+    """Adam (the default), or AdamW at torch's weight decay 0.01 (--stereo-optimizer adamw: the public code's)."""
+    return (torch.optim.AdamW if a.stereo_optimizer == "adamw" else torch.optim.Adam)(params, lr=lr)
 
 
 # ---- AP ----------------------------------------------------------------------------------------------------------
@@ -410,7 +455,7 @@ def dm2(sd, concept, a, state):
     lora_params = [p for layer in wrapped.values() for p in (layer.lora_A, layer.lora_B)]
     print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
           f"{sum(p.numel() for p in lora_params):,} parameters")
-    opt = torch.optim.Adam(lora_params, lr=a.dm2_lr)
+    opt = dm2_optimizer(lora_params, a)
     pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
     if sd.world == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
@@ -461,7 +506,8 @@ def dm2(sd, concept, a, state):
         learned = textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
                                            a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
-                                           clip=DM2_MINE_CLIP)
+                                           clip=a.dm2_mine_clip, decay=a.dm2_mine_decay,
+                                           decay_at=a.dm2_mine_decay_at)
         vecs = torch.stack([learned[n] for n in names])  # (L, D)
         score = verify(vecs, pick)
         scores.append(score)
@@ -472,7 +518,7 @@ def dm2(sd, concept, a, state):
             break
         mined.append(vecs)
         for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
-            use_newest = torch.rand(1, generator=gen).item() < DM2_NEWEST_PROB or len(mined) == 1
+            use_newest = torch.rand(1, generator=gen).item() < a.dm2_newest_prob or len(mined) == 1
             j = len(mined) - 1 if use_newest else int(torch.randint(len(mined) - 1, (1,), generator=gen))
             b = a.dm2_batch  # x_t per step: pool pictures, each noised to its own timestep
             i = torch.randint(len(pool), (b,), generator=gen)
@@ -490,7 +536,10 @@ def dm2(sd, concept, a, state):
             circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
             preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the terms (mean over x_t)
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
-            step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt)
+            if a.dm2_lr_end is not None:  # the step's rate: DM2_LR, then DM2_LR_END from DM2_DECAY_AT on
+                for group in opt.param_groups:
+                    group["lr"] = dm2_circumvent_lr(a, step)
+            step_or_stop(state, loss, loop * a.dm2_circumvent_steps + step, opt, clip=a.dm2_clip)
         after = verify(vecs, pick)  # did circumventing work? the same check on the same embedding, now
         verify_row["verify_score_after"] = round(after, 4)
         log(f"dm2 loop {loop + 1}: after circumventing, the same embedding scores {after:.3f}")
@@ -511,6 +560,19 @@ def dm2(sd, concept, a, state):
                            "dm2_features": encoder_name}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
+
+
+def dm2_optimizer(params, a):
+    """Circumventing's optimiser: Adam (the default), or SGD without momentum (--dm2-optimizer sgd, the paper's)."""
+    if a.dm2_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=a.dm2_lr)
+    return torch.optim.Adam(params, lr=a.dm2_lr)
+
+
+def dm2_circumvent_lr(a, step):
+    """The learning rate of circumvent step `step` (0-based, each loop anew): --dm2-lr, then --dm2-lr-end from
+    step round(--dm2-decay-at x --dm2-circumvent-steps) on (constant when --dm2-lr-end is not given)."""
+    return scheduled_lr(a.dm2_lr, a.dm2_lr_end, step, a.dm2_circumvent_steps, "step", a.dm2_decay_at)
 
 
 # ---- AdvUnlearn --------------------------------------------------------------------------------------------------
@@ -712,13 +774,16 @@ class NaNLoss(RuntimeError):
     pass
 
 
-def step_or_stop(state, loss, step, opt):
-    """Backward and step, unless the loss is not finite: then stop with the last good state kept on disk."""
+def step_or_stop(state, loss, step, opt, clip=None):
+    """Backward and step (the gradients clipped to norm `clip` if given), unless the loss is not finite: then stop
+    with the last good state kept on disk."""
     if not torch.isfinite(loss):
         raise NaNLoss(f"loss is {loss.item()} at iteration {step}; the last checkpoint is kept in {state['dir']} "
                       "(lower --lr and rerun with --resume)")
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
     opt.step()
     state["log"].append({"step": step, "loss": round(loss.item(), 6), **state.pop("log_extra", {})})
 
@@ -730,9 +795,30 @@ def before_after_prompts(concept, n=GRID_PROMPTS):
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
+def schedule_defaults(argv):
+    """(method, schedule, the settings PAPER_SCHEDULE gives that method under --schedule paper, else {}) from a
+    first look at argv. parse() makes them the parser's defaults: a flag given on the command line (in any
+    spelling argparse accepts) wins, and --help shows them. Malformed input is left to the full parser to report."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("--method")
+    pre.add_argument("--schedule", default=SCHEDULE)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return None, None, {}
+    scheduled = PAPER_SCHEDULE.get(known.method, {}) if known.schedule == "paper" else {}
+    return known.method, known.schedule, scheduled
+
+
 def parse(argv=None):
+    method, schedule, scheduled = schedule_defaults(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--schedule", default=SCHEDULE, choices=["default", "paper"],
+                   help="paper: the settings of the method's paper or public code (PAPER_SCHEDULE at the top of "
+                        "erase.py; flags given here win over them): " + "; ".join(
+                            f"{m}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
+                            for m, d in PAPER_SCHEDULE.items()))
     p.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
     p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
     p.add_argument("--out", help="run folder (default runs/<method>_<concept>)")
@@ -767,6 +853,9 @@ def parse(argv=None):
     g.add_argument("--ti-steps", type=int, default=STEREO_TI_STEPS)
     g.add_argument("--ti-images", type=int, default=STEREO_TI_IMAGES)
     g.add_argument("--ti-lr", type=float, default=STEREO_TI_LR)
+    g.add_argument("--ti-batch", type=int, default=STEREO_TI_BATCH, help="default: min(8, --ti-images)")
+    g.add_argument("--ste-lr", type=float, default=STEREO_STE_LR, help="stage 1's learning rate (default: --lr)")
+    g.add_argument("--stereo-optimizer", default=STEREO_OPTIMIZER, choices=["adam", "adamw"])
     g.add_argument("--reo-iterations", type=int, default=STEREO_REO_ITERATIONS)
     g.add_argument("--anchor-scale", type=float, default=STEREO_ANCHOR_SCALE, help="s_a")
     g.add_argument("--erase-scale-reo", type=float, default=STEREO_ERASE_SCALE, help="s_e")
@@ -785,8 +874,13 @@ def parse(argv=None):
     g.add_argument("--dm2-tokens", type=int, default=DM2_TOKENS, help="L")
     g.add_argument("--dm2-mine-images", type=int, default=DM2_MINE_IMAGES, help="k")
     g.add_argument("--dm2-mine-steps", type=int, default=DM2_MINE_STEPS)
-    g.add_argument("--dm2-mine-lr", type=float, default=DM2_MINE_LR, help="mining's Adam lr, decaying linearly ...")
+    g.add_argument("--dm2-mine-lr", type=float, default=DM2_MINE_LR,
+                   help="mining's Adam lr, decaying (--dm2-mine-decay) ...")
     g.add_argument("--dm2-mine-lr-end", type=float, default=DM2_MINE_LR_END, help="... to this")
+    g.add_argument("--dm2-mine-decay", default=DM2_MINE_DECAY, choices=["linear", "step"],
+                   help="step: mining's lr drops to --dm2-mine-lr-end at once, at --dm2-mine-decay-at")
+    g.add_argument("--dm2-mine-decay-at", type=float, default=DM2_MINE_DECAY_AT, help="a fraction of the steps")
+    g.add_argument("--dm2-mine-clip", type=float, default=DM2_MINE_CLIP, help="mining's gradient-norm clip")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
@@ -794,6 +888,15 @@ def parse(argv=None):
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
     g.add_argument("--dm2-batch", type=int, default=DM2_BATCH, help="pool pictures per circumvent step")
     g.add_argument("--dm2-lr", type=float, default=DM2_LR)
+    g.add_argument("--dm2-optimizer", default=DM2_OPTIMIZER, choices=["adam", "sgd"], help="circumventing's")
+    g.add_argument("--dm2-lr-end", type=float, default=DM2_LR_END,
+                   help="circumventing's lr drops to this at --dm2-decay-at of each loop's steps (default: constant)")
+    g.add_argument("--dm2-decay-at", type=float, default=DM2_DECAY_AT, help="a fraction of the steps")
+    g.add_argument("--dm2-clip", type=float, default=DM2_CLIP,
+                   help="circumventing's gradient-norm clip (default: none)")
+    g.add_argument("--dm2-newest-prob", type=float, default=DM2_NEWEST_PROB,
+                   help="a circumvent step uses the newest mined embedding with this probability, an older one "
+                        "otherwise")
     g.add_argument("--dm2-alpha-c", type=float, default=DM2_ALPHA_C)
     g.add_argument("--dm2-alpha-p", type=float, default=DM2_ALPHA_P)
     g.add_argument("--dm2-max-loops", type=int, default=DM2_MAX_LOOPS)
@@ -817,7 +920,12 @@ def parse(argv=None):
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
     g.add_argument("--uce-erase", default=UCE_ERASE, choices=["prompts", "words"],
                    help="erase the concept's scene prompts, or its words alone toward the unconditional")
+    p.set_defaults(**scheduled)
     a = p.parse_args(argv)
+    if a.schedule == "paper" and a.method not in PAPER_SCHEDULE:
+        sdlib.fail(f"--schedule paper applies to {', '.join(PAPER_SCHEDULE)}, not --method {a.method}")
+    if (a.method, a.schedule) != (method, schedule):  # the first look read argv otherwise than argparse did
+        sdlib.fail("--method and --schedule could not be read apart from the other flags; spell them out in full")
     for name in ("iterations", "ddim_steps", "batch", "rounds", "ste_iterations", "ti_steps", "ti_images",
                  "reo_iterations", "advunlearn_prefix", "advunlearn_attack_steps", "rece_rounds", "dm2_rank",
                  "dm2_pool", "dm2_tokens", "dm2_mine_images", "dm2_mine_steps", "dm2_verify_images",
@@ -830,9 +938,13 @@ def parse(argv=None):
         sdlib.fail("--stereo-tokens is a STEREO setting (--method stereo)")
     if a.rece_lambda <= 0:
         sdlib.fail("--rece-lambda must be positive (it keeps the adversarial embedding's system invertible)")
-    for name in ("lr", "dm2_mine_lr", "dm2_mine_lr_end"):
+    for name in ("lr", "dm2_mine_lr", "dm2_mine_lr_end", "ste_lr", "ti_batch", "dm2_mine_clip", "dm2_lr_end",
+                 "dm2_clip"):
         if getattr(a, name) is not None and getattr(a, name) <= 0:
             sdlib.fail(f"--{name.replace('_', '-')} must be positive")
+    for name in ("dm2_mine_decay_at", "dm2_decay_at", "dm2_newest_prob"):
+        if not 0 <= getattr(a, name) <= 1:
+            sdlib.fail(f"--{name.replace('_', '-')} must be between 0 and 1")
     return a
 
 
@@ -851,6 +963,10 @@ METHOD_FNS = {"esd": esd, "uce": uce, "stereo": stereo, "ap": ap, "dm2": dm2, "a
 
 def main(argv=None):
     a = parse(argv)
+    if a.schedule == "paper":
+        given = {k: getattr(a, k) for k, v in PAPER_SCHEDULE[a.method].items() if getattr(a, k) != v}
+        log(f"--schedule paper: {len(PAPER_SCHEDULE[a.method]) - len(given)} of {a.method}'s settings from its "
+            "paper or public code" + (f"; given on the command line instead: {given}" if given else ""))
     if sdlib.rank_world()[1] > 1:
         sdlib.fail("erase.py trains one model in one process; run it without torchrun (attack.py and evaluate.py "
                    "share their prompts out over torchrun's ranks)")

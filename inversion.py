@@ -13,13 +13,25 @@ def image_latents(sd, images):
         return sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
 
 
+def scheduled_lr(lr, lr_end, step, steps, decay="linear", at=None):
+    """The learning rate of 0-based `step` of `steps`: lr throughout when lr_end is None; otherwise linear from lr
+    to lr_end over the steps (decay "linear"), or lr before step round(at * steps) and lr_end from it on ("step",
+    DM2's "decays to 0.01 at the 500-th epoch" of 1,000: at 0.5)."""
+    if lr_end is None:
+        return lr
+    if decay == "step":
+        return lr if step < round(at * steps) else lr_end
+    return lr + (lr_end - lr) * step / max(1, steps - 1)
+
+
 def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr, batch, seed, desc="ti",
-                      lr_end=None, clip=None, ckpt=None):
+                      lr_end=None, clip=None, ckpt=None, decay="linear", decay_at=None):
     """Learn vectors for token_names so that templates.format(tokens) reconstructs each latent under sd.unet.
 
     latents[i] is paired with templates[i]; token k starts from the k-th token of init_word (cycling through a
     phrase's tokens). Only the new vectors are trained; the model and the embedding
-    table stay as they are. lr decays linearly to lr_end if given; gradients are clipped to norm clip if given.
+    table stay as they are. lr decays to lr_end if given, linearly or in one step at decay_at of the steps
+    (scheduled_lr); gradients are clipped to norm clip if given.
     ckpt: a Checkpoint to save to and resume from. Returns {token name: (D,) tensor}."""
     ids = sdlib.add_tokens(sd, token_names)
     table = sd.text_encoder.get_input_embeddings().weight
@@ -55,7 +67,7 @@ def textual_inversion(sd, latents, templates, token_names, init_word, steps, lr,
             torch.nn.utils.clip_grad_norm_(vecs, clip)
         if lr_end is not None:
             for g in opt.param_groups:
-                g["lr"] = lr + (lr_end - lr) * step / max(1, steps - 1)
+                g["lr"] = scheduled_lr(lr, lr_end, step, steps, decay, decay_at)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if ckpt:

@@ -125,6 +125,9 @@ def test_run_folder_refuses_another_base(tiny_model, tokenizer_dir, tmp_path):
     (["--method", "forget", "--concept", "triangle"], "invalid choice: 'forget'"),
     (["--method", "esd", "--concept", "triangle", "--train-method", "xattn"], "invalid choice: 'xattn'"),
     (["--method", "esd", "--concept", "triangle", "--iterations", "0"], "--iterations must be at least 1"),
+    (["--method", "esd", "--concept", "triangle", "--schedule", "paper"],
+     "--schedule paper applies to dm2, stereo, ap, not --method esd"),
+    (["--method", "dm2", "--concept", "triangle", "--schedule", "papers"], "invalid choice: 'papers'"),
 ])
 def test_erase_bad_input(tmp_path, tiny_model, args, message):
     out = tmp_path / "run"
@@ -459,3 +462,120 @@ def test_ap_candidates_on_a_real_size_vocabulary_encode_a_shortlist(tiny_sd):
     calls = tiny_sd.counts["text_encoder"] - before
     assert len(erase.vocabulary_words(tiny_sd)) > 30000
     assert len(words) == 16 and calls <= erase.AP_SHORTLIST * 64 + 1, calls
+
+
+# ---- --schedule paper --------------------------------------------------------------------------------------------
+DM2_APPENDIX_A = dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
+                      dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
+                      dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd",
+                      dm2_lr=0.01, dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8,
+                      dm2_alpha_c=1.0, dm2_alpha_p=0.5)
+
+
+def test_schedule_paper_sets_the_papers_numbers():
+    """DM2: Appendix A, number by number; STEREO and AP: their public code's; --schedule default (or none) keeps
+    the mini world's defaults. Written out here, not read from erase.PAPER_SCHEDULE."""
+    a = erase.parse(["--method", "dm2", "--concept", "van gogh", "--schedule", "paper"])
+    assert a.schedule == "paper" and {k: getattr(a, k) for k in DM2_APPENDIX_A} == DM2_APPENDIX_A
+    for argv in ([], ["--schedule", "default"]):
+        d = erase.parse(["--method", "dm2", "--concept", "van gogh", *argv])
+        assert (d.schedule, d.dm2_optimizer, d.dm2_lr, d.dm2_lr_end, d.dm2_clip, d.dm2_mine_decay,
+                d.dm2_circumvent_steps, d.dm2_batch, d.dm2_mine_steps) == \
+            ("default", "adam", 3e-3, None, None, "linear", 300, 4, 100)
+    s = erase.parse(["--method", "stereo", "--concept", "van gogh", "--schedule", "paper"])
+    assert (s.rounds, s.ste_iterations, s.ste_lr, s.ddim_steps, s.start_guidance, s.batch, s.ti_steps, s.ti_lr,
+            s.ti_images, s.ti_batch, s.reo_iterations, s.lr, s.stereo_optimizer, s.anchor_scale,
+            s.erase_scale_reo) == (4, 200, 5e-6, 50, 3.0, 1, 3000, 5e-3, 125, 1, 200, 2e-5, "adamw", 1.0, 3.0)
+    # the public code's stage-1 target, APG's normalized_guidance(e_c, e_0, 2) at its defaults (eta 1, no momentum,
+    # no threshold: the parallel and orthogonal parts add back up to the difference): e_c - (2 - 1)(e_c - e_0)
+    g = torch.Generator().manual_seed(0)
+    e_0, e_c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    torch.testing.assert_close(erase.losses.esd_target(e_0, e_c, s.eta), e_c - (2 - 1) * (e_c - e_0))
+    ap = erase.parse(["--method", "ap", "--concept", "van gogh", "--schedule", "paper"])
+    assert (ap.iterations, ap.lr, ap.eta, ap.start_guidance, ap.ddim_steps, ap.batch, ap.ap_lambda,
+            ap.ap_temperature, ap.ap_adv_lr, ap.ap_candidates, ap.ap_vocab_pool) == \
+        (1000, 1e-5, 1.0, 3.0, 50, 1, 1.0, 2.0, 1e-2, 100, 1000)
+    erase.resolve_for_concept(ap, data.get_concept("van gogh"))  # the schedule's lr is not replaced by ESD_LR's
+    assert ap.lr == 1e-5 and ap.train_method == "esd-x"
+
+
+def test_an_explicit_flag_wins_over_the_schedule():
+    """In any order and spelling, and also when the value given is the default's (DM2_BATCH is 4)."""
+    a = erase.parse(["--dm2-lr=0.5", "--method", "dm2", "--concept", "van gogh", "--dm2-circumvent-steps", "7",
+                     "--schedule", "paper", "--dm2-batch", "4", "--dm2-optimizer", "adam", "--dm2-clip", "1"])
+    given = dict(dm2_lr=0.5, dm2_circumvent_steps=7, dm2_batch=4, dm2_optimizer="adam", dm2_clip=1.0)
+    assert {k: getattr(a, k) for k in given} == given
+    assert {k: getattr(a, k) for k in DM2_APPENDIX_A if k not in given} == \
+        {k: v for k, v in DM2_APPENDIX_A.items() if k not in given}
+    s = erase.parse(["--method", "stereo", "--concept", "van gogh", "--schedule", "paper", "--lr", "3e-4",
+                     "--rounds", "2"])
+    assert (s.lr, s.rounds, s.ste_lr, s.ste_iterations) == (3e-4, 2, 5e-6, 200)
+
+
+def test_schedule_paper_with_another_method_fails_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        erase.parse(["--method", "uce", "--concept", "van gogh", "--schedule", "paper"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and lines == ["error: --schedule paper applies to dm2, stereo, ap, not --method uce"]
+
+
+def test_dm2_paper_schedule_circumvents_with_sgd_and_steps_its_rates():
+    """Circumventing: SGD (no momentum) at 0.01, 0.001 from 80% of the steps on; mining: 0.1, then 0.01 from half
+    of its steps on (a step, not linear). The default keeps Adam at a constant rate and mining's linear decay."""
+    a = erase.parse(["--method", "dm2", "--concept", "van gogh", "--schedule", "paper"])
+    opt = erase.dm2_optimizer([torch.nn.Parameter(torch.zeros(3))], a)
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0
+    assert [erase.dm2_circumvent_lr(a, s) for s in range(1000)] == [0.01] * 800 + [0.001] * 200
+    mining = [inversion.scheduled_lr(a.dm2_mine_lr, a.dm2_mine_lr_end, s, 1000, a.dm2_mine_decay, a.dm2_mine_decay_at)
+              for s in range(1000)]
+    assert mining == [0.1] * 500 + [0.01] * 500
+    d = erase.parse(["--method", "dm2", "--concept", "van gogh"])
+    assert type(erase.dm2_optimizer([torch.nn.Parameter(torch.zeros(3))], d)) is torch.optim.Adam
+    assert {erase.dm2_circumvent_lr(d, s) for s in range(d.dm2_circumvent_steps)} == {d.dm2_lr}
+    linear = [inversion.scheduled_lr(0.1, 0.01, s, 100) for s in range(100)]
+    assert linear[0] == 0.1 and abs(linear[-1] - 0.01) < 1e-12 and abs(linear[50] - (0.1 - 0.09 * 50 / 99)) < 1e-12
+
+
+def test_dm2_paper_schedule_in_the_loop(tiny_model, tmp_path, monkeypatch):
+    """dm2() itself under --schedule paper (its step counts cut by flags): every circumvent step is SGD's at the
+    stepped rate with its gradients clipped to 100; every mining step is Adam's at 0.1 then 0.01, clipped to 10."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    a = erase.parse(["--method", "dm2", "--concept", "van gogh", "--schedule", "paper", "--dm2-pool", "2",
+                     "--dm2-mine-steps", "4", "--dm2-circumvent-steps", "5", "--dm2-verify-images", "1",
+                     "--dm2-max-loops", "1", "--dm2-threshold", "-2"])
+    steps, clips = [], []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, max_norm, *x, **k: clips.append(max_norm) or
+                        clip(p, max_norm, *x, **k))
+    handle = register_optimizer_step_pre_hook(lambda opt, *_: steps.append((type(opt), opt.param_groups[0]["lr"])))
+    try:
+        erase.dm2(sdlib.load(tiny_model, device="cpu"), data.get_concept("van gogh"), a,
+                  {"dir": str(tmp_path), "every": 100, "log": []})
+    finally:
+        handle.remove()
+    adam, sgd = torch.optim.Adam, torch.optim.SGD
+    assert steps == [(adam, 0.1), (adam, 0.1), (adam, 0.01), (adam, 0.01)] + [(sgd, 0.01)] * 4 + [(sgd, 0.001)]
+    assert clips == [10.0] * 4 + [100.0] * 5
+
+
+def test_resume_refuses_a_changed_schedule(tiny_model, tmp_path, monkeypatch, capsys):
+    """A DM2 run stopped after its first loop's checkpoint cannot be resumed under --schedule paper."""
+    common = ["--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "2",
+              "--dm2-mine-steps", "1", "--dm2-circumvent-steps", "2", "--dm2-batch", "1", "--dm2-threshold", "-2",
+              "--dm2-verify-images", "1", "--dm2-max-loops", "2", "--grid-seeds", "0", "--out", str(tmp_path / "r")]
+    invert, calls = erase.textual_inversion, []
+    def stop_in_loop_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return invert(*args, **kw)
+    monkeypatch.setattr(erase, "textual_inversion", stop_in_loop_2)
+    with pytest.raises(KeyboardInterrupt):
+        erase.main(common)
+    monkeypatch.setattr(erase, "textual_inversion", invert)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        erase.main([*common, "--resume", "--schedule", "paper"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "was made with other settings" in err and "schedule" in err.split("(")[1]
+    assert not (tmp_path / "r").exists()
