@@ -146,6 +146,33 @@ GRID_PROMPTS = 6  # prompts per row group in before_after.png
 log, tqdm = sdlib.log, sdlib.tqdm
 
 
+# ---- several concepts at once ----------------------------------------------------------------------------------
+MULTI_METHODS = ("esd", "uce", "rece", "stereo", "ap", "dm2")  # --concept given more than once (AdvUnlearn: one)
+
+
+def concept_words(concept):
+    """The words naming each concept erased (one entry for a single concept)."""
+    return [c.words for c in concept.parts] or [concept.words]
+
+
+def prompt_words(concept):
+    """Per prompt of concept.prompts (and templates), the words of the concept it shows."""
+    return [c.words for c in concept.parts for _ in c.prompts] or [concept.words] * len(concept.prompts)
+
+
+def interleaved(concept, n):
+    """n prompt indices taking each concept's prompts in turn (a, b, c, a, b, c, ...), each cycling through its own:
+    a pool drawn from several concepts holds all of them. One concept: 0, 1, 2, ... cycled."""
+    sizes = [len(c.prompts) for c in concept.parts] or [len(concept.prompts)]
+    starts = np.cumsum([0] + sizes[:-1])
+    return [int(starts[i % len(sizes)] + (i // len(sizes)) % sizes[i % len(sizes)]) for i in range(n)]
+
+
+def part_of(concept):
+    """Per prompt index, which of the concepts (0, 1, ...) it shows."""
+    return [k for k, c in enumerate(concept.parts) for _ in c.prompts] or [0] * len(concept.prompts)
+
+
 # ---- ESD ---------------------------------------------------------------------------------------------------------
 def esd(sd, concept, a, state):
     """ESD: fine-tune so that e'(x_t, c) = e(x_t, 0) - eta (e(x_t, c) - e(x_t, 0)) under the frozen original.
@@ -158,7 +185,7 @@ def esd(sd, concept, a, state):
     opt = torch.optim.Adam(params.values(), lr=a.lr)
     start = load_checkpoint(state, sd.unet, opt)
     with torch.no_grad():
-        texts = [concept.words] if a.erase_prompt == "words" else concept.prompts
+        texts = concept_words(concept) if a.erase_prompt == "words" else concept.prompts
         conds = torch.cat([sdlib.encode(sd, texts[i:i + 64]) for i in range(0, len(texts), 64)])
         uncond = sdlib.encode(sd, [""] * a.batch)
     bar = tqdm(range(start, a.iterations), desc="esd", initial=start, total=a.iterations)
@@ -252,10 +279,12 @@ def stereo(sd, concept, a, state):
         log(f"stereo: stage 1 skipped, {len(tokens)} adversarial tokens from {a.stereo_tokens}")
     ids = dict(zip(tokens, sdlib.add_tokens(sd, list(tokens)))) if tokens else {}
     n_pool = a.rounds * a.ti_images
-    pool_templates = [concept.templates[i % len(concept.templates)] for i in range(n_pool)]
+    pool_idx = interleaved(concept, n_pool)  # several concepts: each one's prompts in turn
+    pool_templates = [concept.templates[i] for i in pool_idx]
     if done < a.rounds:  # the pool: the original model's pictures of the concept
         pool = image_latents(sd, sdlib.generate(
-            sd, [t.format(concept.words) for t in pool_templates], [STEREO_POOL_SEED + i for i in range(n_pool)]))
+            sd, [concept.templates[i].format(prompt_words(concept)[i]) for i in pool_idx],
+            [STEREO_POOL_SEED + i for i in range(n_pool)]))
 
     def inject():
         return {ids[n]: v for n, v in tokens.items()}
@@ -268,14 +297,15 @@ def stereo(sd, concept, a, state):
     with torch.no_grad():
         uncond = sdlib.encode(sd, [""] * a.batch)
     for r in range(done, a.rounds):
-        words = concept.words if r == 0 else list(tokens)[-1]  # the concept, then the newest adversarial token
+        # the concept (several: each in turn, step by step), then the newest adversarial token
+        words_of_step = concept_words(concept) if r == 0 else [list(tokens)[-1]]
         opt = stereo_optimizer(params.values(), a, a.lr if a.ste_lr is None else a.ste_lr)
         bar = tqdm(range(a.ste_iterations), desc=f"stereo STE round {r + 1}/{a.rounds}: erase")
         for step in bar:
             gen = step_generator(a, step, offset=(r + 1) * 1_000_000)
             with torch.no_grad():
                 idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()
-                cond = sdlib.encode(sd, erase_texts(words, idx), inject())
+                cond = sdlib.encode(sd, erase_texts(words_of_step[step % len(words_of_step)], idx), inject())
                 z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
             loss = esd_loss_at(sd, frozen, z, t, cond, uncond, a.eta)
             finish_step(state, loss, step, opt, bar, None)  # no mid-round checkpoints: a round reruns whole
@@ -296,7 +326,7 @@ def stereo(sd, concept, a, state):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(original[n])
-    erase_words = [concept.words] + list(tokens)  # erased in turn: the concept and each adversarial token
+    erase_words = concept_words(concept) + list(tokens)  # erased in turn: the concept(s) and each adversarial token
     bar = tqdm(range(start, a.reo_iterations), desc="stereo REO", initial=start, total=a.reo_iterations)
     for step in bar:
         gen = step_generator(a, step, offset=50_000_000)
@@ -333,9 +363,13 @@ def ap_candidates(sd, concept, n_candidates, pool):
     greedily by farthest-point sampling, so the adversary searches many directions, not one cluster. Real SD: any
     whole word of the tokenizer. The mini world: only its captions' words (its text encoder never learned the
     others, so their embeddings are noise), without the concept's own names and synonyms ('vincent')."""
-    words = [w for w in vocabulary_words(sd) if w not in concept.words.split()]
-    if sd.world == "mini" and concept.value in data.NAMES:
-        known = set(data.mini_vocabulary(exclude=concept.value))
+    parts = concept.parts or [concept]
+    own = {w for c in parts for w in c.words.split()}
+    words = [w for w in vocabulary_words(sd) if w not in own]
+    if sd.world == "mini" and all(c.value in data.NAMES for c in parts):
+        known = set(data.mini_vocabulary())
+        for c in parts:  # none of the erased concepts' own names and synonyms
+            known -= set(data.own_words(c.value))
         words = [w for w in words if w in known]
     if not words:
         sdlib.fail(f"ap: no candidate concepts to preserve for {concept.name!r} (the vocabulary filter left none)")
@@ -348,13 +382,15 @@ def ap_candidates(sd, concept, n_candidates, pool):
             return torch.nn.functional.normalize(torch.cat(out), dim=-1)
         if len(words) > AP_SHORTLIST * pool:  # real SD's 32,607 words: shortlist by the token table, encode only those
             table = sd.text_encoder.get_input_embeddings().weight.float()
-            ids = sd.tokenizer(words + [concept.words], add_special_tokens=False).input_ids
+            ids = sd.tokenizer(words + concept_words(concept), add_special_tokens=False).input_ids
             vecs = torch.nn.functional.normalize(torch.stack([table[i].mean(0) for i in ids]), dim=-1)
-            keep = (vecs[:-1] @ vecs[-1]).topk(AP_SHORTLIST * pool).indices.sort().values
+            n_c = len(concept_words(concept))  # nearest to any of the concepts
+            near_any = (vecs[:-n_c] @ vecs[-n_c:].T).max(1).values
+            keep = near_any.topk(AP_SHORTLIST * pool).indices.sort().values
             words = [words[i] for i in keep.tolist()]
         vocab = pooled(words)  # (W, D)
-        target = pooled([concept.words])[0]
-        near = (vocab @ target).topk(min(pool, len(words))).indices
+        target = pooled(concept_words(concept))  # (n concepts, D)
+        near = (vocab @ target.T).max(1).values.topk(min(pool, len(words))).indices  # nearest to any of them
         chosen = [int(near[0])]
         dist = 1 - vocab[near] @ vocab[near[0]]
         while len(chosen) < min(n_candidates, len(near)):
@@ -412,7 +448,7 @@ def ap(sd, concept, a, state):
         gen = step_generator(a, step)
         with torch.no_grad():
             idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()  # the step's scenes
-            cond = sdlib.encode(sd, [concept.templates[i].format(concept.words) for i in idx])
+            cond = sdlib.encode(sd, [concept.templates[i].format(prompt_words(concept)[i]) for i in idx])
             z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
             cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in idx])
                                 for w in candidates])  # every candidate in these scenes: (C, B, 77, D)
@@ -456,7 +492,9 @@ def dm2(sd, concept, a, state):
     print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = dm2_optimizer(lora_params, a)
-    pool_prompts = [concept.prompts[i % len(concept.prompts)] for i in range(a.dm2_pool)]
+    pool_idx = interleaved(concept, a.dm2_pool)  # several concepts: each one's prompts in turn
+    pool_prompts = [concept.prompts[i] for i in pool_idx]
+    pool_part = torch.tensor([part_of(concept)[i] for i in pool_idx])  # which concept each pool picture shows
     if sd.world == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
         def enc(x): return torch.from_numpy(judges.judge_features(x, a.mini_dir)).float()  # noqa: E306
@@ -499,10 +537,19 @@ def dm2(sd, concept, a, state):
                            inject=dict(zip(ids, vecs)), progress=False)
         return verify_score(enc(x), f_ref, f_concept[pick])
 
+    parts_words = concept_words(concept)
     while loop < a.dm2_max_loops:
+        # several concepts: loops take the concepts still reachable in turn; one whose mined embedding verifies
+        # below the threshold is done, and the run ends when every one is
+        done = {r.get("part", 0) for r in state["log"] if "verify_score" in r and r["verify_score"] < a.dm2_threshold}
+        active = [k for k in range(len(parts_words)) if k not in done]
+        if not active:
+            break
+        part = active[sum(1 for r in state["log"] if "verify_score" in r) % len(active)]
         gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
-        pick = torch.randperm(len(pool), generator=gen)[:a.dm2_mine_images]
-        init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else concept.words
+        mine_from = torch.nonzero(pool_part == part).flatten()  # that concept's pool pictures
+        pick = mine_from[torch.randperm(len(mine_from), generator=gen)[:a.dm2_mine_images]]
+        init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else parts_words[part]
         learned = textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
                                            a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
@@ -511,11 +558,14 @@ def dm2(sd, concept, a, state):
         vecs = torch.stack([learned[n] for n in names])  # (L, D)
         score = verify(vecs, pick)
         scores.append(score)
-        verify_row = {"step": loop, "verify_score": round(score, 4)}
+        verify_row = {"step": loop, "verify_score": round(score, 4), **({"part": part} if len(parts_words) > 1 else {})}
         state["log"].append(verify_row)
-        log(f"dm2 loop {loop + 1}: verify score s(c) = {score:.3f} (threshold {a.dm2_threshold})")
+        log(f"dm2 loop {loop + 1}: verify score s(c) = {score:.3f} (threshold {a.dm2_threshold})"
+            + (f" for {concept.parts[part].name!r}" if len(parts_words) > 1 else ""))
         if score < a.dm2_threshold:
-            break
+            if len(active) == 1:
+                break
+            continue  # this concept is done; the next loop mines another
         mined.append(vecs)
         for step in tqdm(range(a.dm2_circumvent_steps), desc=f"dm2 loop {loop + 1}: circumvent"):
             use_newest = torch.rand(1, generator=gen).item() < a.dm2_newest_prob or len(mined) == 1
@@ -648,7 +698,8 @@ def last_token_onward(sd, prompts):
 def uce_columns(sd, concept, a):
     """UCE's columns: erased-concept embeddings c_e (E, D), their guides c_g (E, D) position by position, and
     preserved embeddings c_p (P, D) of a seeded draw of other concepts' prompts (None with --preserve 0)."""
-    texts, guides = (concept.prompts, concept.guides) if a.uce_erase == "prompts" else ([concept.words], [""])
+    texts, guides = (concept.prompts, concept.guides) if a.uce_erase == "prompts" else \
+        (concept_words(concept), [""] * len(concept_words(concept)))
     with torch.no_grad():
         erase = last_token_onward(sd, texts)
         guide = last_token_onward(sd, guides)
@@ -820,7 +871,11 @@ def parse(argv=None):
                             f"{m}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
                             for m, d in PAPER_SCHEDULE.items()))
     p.add_argument("--concept-file", default=None, help="JSON concept preset (see data.concept_from_file)")
-    p.add_argument("--concept", required=True, help=f"mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    p.add_argument("--concept", action="append", default=None,
+                   help="the concept to erase; given more than once, concepts erased together in one run "
+                        f"({', '.join(MULTI_METHODS)}). Mini-world concepts: {', '.join(data.MINI_CONCEPTS)}")
+    p.add_argument("--concepts", default=None, metavar="FILE",
+                   help="a text file of concepts to erase together, one per line ('#' starts a comment)")
     p.add_argument("--out", help="run folder (default runs/<method>_<concept>)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--model", default=None, help="base model: diffusers folder or hub id (default: mini world)")
@@ -942,6 +997,23 @@ def parse(argv=None):
                  "dm2_clip"):
         if getattr(a, name) is not None and getattr(a, name) <= 0:
             sdlib.fail(f"--{name.replace('_', '-')} must be positive")
+    names = list(a.concept or [])
+    if a.concepts:
+        try:
+            lines = open(a.concepts, encoding="utf-8").read().splitlines()
+        except OSError as e:
+            sdlib.fail(f"--concepts {a.concepts}: {e}")
+        names += [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+        if not names:
+            sdlib.fail(f"--concepts {a.concepts} lists no concept")
+    if not names:
+        sdlib.fail("give the concept to erase: --concept NAME (more than once, or --concepts FILE, for several)")
+    if len(names) > 1 and a.method not in MULTI_METHODS:
+        sdlib.fail(f"--method {a.method} erases one concept per run; several at once: {', '.join(MULTI_METHODS)}")
+    if len(names) > 1 and a.concept_file:
+        sdlib.fail("--concept-file gives one concept; give several concepts by name")
+    a.concept = names[0] if len(names) == 1 else names  # one concept: a name, as before
+    a.concepts = None
     for name in ("dm2_mine_decay_at", "dm2_decay_at", "dm2_newest_prob"):
         if not 0 <= getattr(a, name) <= 1:
             sdlib.fail(f"--{name.replace('_', '-')} must be between 0 and 1")
@@ -952,7 +1024,13 @@ def resolve_for_concept(a, concept):
     """--train-method auto -> esd-x or esd-u by the concept's kind, and the learning rate by the train method when
     --lr is not given. main() calls it before config.json records the settings; the methods call it again (it
     changes nothing the second time) so that they can be called with parse()'s output directly."""
+    if a.train_method == "auto" and concept.kind not in ESD_TRAIN_FOR and a.method in ("uce", "rece", "dm2"):
+        return  # several concepts of different kinds, erased by a method that does not read --train-method
     if a.train_method == "auto":
+        if concept.kind not in ESD_TRAIN_FOR:  # several concepts of different kinds
+            sdlib.fail(f"--train-method auto picks by the concept's kind, and {concept.name!r} mixes "
+                       f"{', '.join(sorted({c.kind for c in concept.parts}))}: give --train-method "
+                       f"({', '.join(sdlib.PARAM_RULES)})")
         a.train_method = ESD_TRAIN_FOR[concept.kind]
     if a.lr is None:
         a.lr = ESD_LR["text-encoder" if a.method == "advunlearn" else a.train_method]
@@ -972,9 +1050,12 @@ def main(argv=None):
                    "share their prompts out over torchrun's ranks)")
     try:
         sd = sdlib.load(a.model, a.device, a.half, bf16=a.bf16)
-        concept = data.get_concept(a.concept, sd.world, a.concept_file)
+        names = a.concept if isinstance(a.concept, list) else [a.concept]
+        concept = data.combine_concepts([data.get_concept(n, sd.world, a.concept_file) for n in names])
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
+    if concept.parts and a.method == "dm2" and sd.world != "mini":
+        sdlib.fail("dm2 verifies several concepts with the mini judge only; on real SD erase one concept per run")
     resolve_for_concept(a, concept)
     a.out = a.out or os.path.join("runs", f"{a.method}_{data.slug(concept.name)}")
     torch.manual_seed(a.seed)
@@ -1003,6 +1084,7 @@ def main(argv=None):
             data.save_png(data.image_grid(np.concatenate(rows), n), os.path.join(tmp, "before_after.png"))
         settings = {k: v for k, v in vars(a).items()}
         config = {"method": a.method, "concept": concept.name, "base_model": sdlib.portable_name(sd.name),
+                  **({"concepts": [c.name for c in concept.parts]} if concept.parts else {}),
                   "base_fingerprint": base_fp,
                   "seed": a.seed, "settings": settings, "cost": timer.as_dict(cost_before),
                   "changed": sorted(changed), **state.get("extra_json", {})}
