@@ -32,6 +32,16 @@ def encoder_of(model):
             CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=torch.float32).eval())
 
 
+def encoder_of_ckpt(path):
+    """(tokenizer, text encoder) of a checkpoint of mini.py's text stage (the committed model's tokenizer)."""
+    import mini
+    if not os.path.isfile(path):
+        sys.exit(f"{path}: no such checkpoint")
+    te = mini.build_text_encoder()
+    te.load_state_dict(torch.load(path, weights_only=True)["text"])
+    return encoder_of(os.path.join(HERE, "mini", "pipeline"))[0], te.eval()
+
+
 @torch.no_grad()
 def encode(tok, te, prompts):
     ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -61,13 +71,7 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for model in models + a.text_ckpt:
         if model in a.text_ckpt:
-            import mini
-            if not os.path.isfile(model):
-                sys.exit(f"{model}: no such checkpoint")
-            tok = encoder_of(os.path.join(HERE, "mini", "pipeline"))[0]
-            te = mini.build_text_encoder()
-            te.load_state_dict(torch.load(model, weights_only=True)["text"])
-            te.eval()
+            tok, te = encoder_of_ckpt(model)
         elif not os.path.isdir(os.path.join(model, "text_encoder")):
             sys.exit(f"{model}: not a pipeline folder (no text_encoder/)")
         else:
