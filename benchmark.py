@@ -346,7 +346,6 @@ def cmd_benchmark(a):
         sdlib.fail("--seeds must be at least 1")
     if a.jobs < 1:
         sdlib.fail("--jobs must be at least 1")
-    a.methods_resolved, a.attacks_resolved = ",".join(methods), ",".join(attacks)  # for the reports' commands
     profile = BENCH_PROFILES[a.profile]
     suffix = "" if a.profile == "full" else f"_{a.profile}"
     many = len(names) > 1
@@ -424,10 +423,10 @@ def plan_concept(a, name, work, out, methods, attacks, seeds, profile, extra):
             "cells": [c for cells_of_stage in stages.values() for c in cells_of_stage]}
 
 
-def bench_command(a, concept):
+def bench_command(a, concept, methods, attacks):
     """The command line that regenerates a report."""
-    return (f"python benchmark.py --concept \"{concept}\" --methods {a.methods_resolved} "
-            f"--attacks {a.attacks_resolved} --seeds {a.seeds} --seed {a.seed}"
+    return (f"python benchmark.py --concept \"{concept}\" --methods {','.join(methods)} "
+            f"--attacks {','.join(attacks)} --seeds {a.seeds} --seed {a.seed}"
             + (f" --profile {a.profile}" if a.profile != "full" else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
             + "".join(f" --{k}-args \"{getattr(a, k + '_args')}\"" for k in ("erase", "attack", "eval")
                       if getattr(a, k + "_args")))
@@ -494,7 +493,7 @@ def report_concept(a, p, methods, attacks, seeds, todo, ran_elapsed):
         summary[method] = {k: dict(zip(("mean", "sd"), report.mean_sd([f(m) for m in per_seed]))) for k, f in keys.items()}
         summary[method]["per_seed"] = {str(s): {k: f(cells[(method, s)]) for k, f in keys.items()} for s in seeds}
     judge_desc = cells[(methods[0], seeds[0])]["judge"]
-    cmd = bench_command(a, name)
+    cmd = bench_command(a, name, methods, attacks)
     lines = [f"# Benchmark: erasing \"{name}\"", "",
              f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}; mean ± sample standard deviation over seeds). "
              f"Judge: {judge_desc}.", ""]
@@ -560,7 +559,7 @@ def report_concepts(a, names, summaries, methods, attacks, seeds, out, ran_elaps
         summary[method]["asr_seed_sd"] = float(np.mean(sds)) if len(seeds) > 1 and sds else None
         summary[method]["not_erased"] = [n for n in names if BENCH_METHODS[method] is not None and
                                          summaries[n][method]["concept_rate"]["mean"] > ERASED_AT]
-    cmd = bench_command(a, a.concept)
+    cmd = bench_command(a, a.concept, methods, attacks)
     lines = [f"# Benchmark over {len(names)} concepts", "",
              f"Regenerate: `{cmd}` (seeds {seeds[0]}..{seeds[-1]}). Concepts: {', '.join(names)}.", "",
              f"Mean ± sample standard deviation over every concept and seed ({len(names)} x {len(seeds)} cells a "

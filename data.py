@@ -728,6 +728,15 @@ def combine_concepts(concepts):
                    implicit_prompts=[p for c in concepts for p in c.implicit_prompts], parts=list(concepts))
 
 
+def get_concepts(names, world="mini", concept_file=None):
+    """--concept given once or more: (the concept to erase or evaluate, combined when there are several; each
+    one's preset). DataError for an unknown or repeated name, or a concept file with several names."""
+    if concept_file and len(names) > 1:
+        raise DataError("--concept-file gives one concept; give several concepts by name")
+    parts = [get_concept(n, world, concept_file) for n in names]
+    return combine_concepts(parts), parts
+
+
 def spread(items, n):
     """n of items spread evenly over the list (every len // n-th, the first n of them); [] for n < 1."""
     return list(items[::max(1, len(items) // n)][:n]) if n >= 1 else []

@@ -281,9 +281,10 @@ def stereo(sd, concept, a, state):
     n_pool = a.rounds * a.ti_images
     pool_idx = interleaved(concept, n_pool)  # several concepts: each one's prompts in turn
     pool_templates = [concept.templates[i] for i in pool_idx]
+    words_of = prompt_words(concept)
     if done < a.rounds:  # the pool: the original model's pictures of the concept
         pool = image_latents(sd, sdlib.generate(
-            sd, [concept.templates[i].format(prompt_words(concept)[i]) for i in pool_idx],
+            sd, [concept.templates[i].format(words_of[i]) for i in pool_idx],
             [STEREO_POOL_SEED + i for i in range(n_pool)]))
 
     def inject():
@@ -443,12 +444,13 @@ def ap(sd, concept, a, state):
 
     with torch.no_grad():
         uncond = sdlib.encode(sd, [""] * a.batch)
+    words_of = prompt_words(concept)  # per template, the words of its concept
     bar = tqdm(range(start, a.iterations), desc="ap", initial=start, total=a.iterations)
     for step in bar:
         gen = step_generator(a, step)
         with torch.no_grad():
             idx = torch.randint(len(concept.templates), (a.batch,), generator=gen).tolist()  # the step's scenes
-            cond = sdlib.encode(sd, [concept.templates[i].format(prompt_words(concept)[i]) for i in idx])
+            cond = sdlib.encode(sd, [concept.templates[i].format(words_of[i]) for i in idx])
             z, t = partial_ddim(sd, sd.unet, cond, uncond, a, gen)
             cand = torch.stack([sdlib.encode(sd, [concept.templates[i].format(w) for i in idx])
                                 for w in candidates])  # every candidate in these scenes: (C, B, 77, D)
@@ -494,7 +496,7 @@ def dm2(sd, concept, a, state):
     opt = dm2_optimizer(lora_params, a)
     pool_idx = interleaved(concept, a.dm2_pool)  # several concepts: each one's prompts in turn
     pool_prompts = [concept.prompts[i] for i in pool_idx]
-    pool_part = torch.tensor([part_of(concept)[i] for i in pool_idx])  # which concept each pool picture shows
+    pool_part = torch.tensor(part_of(concept))[pool_idx]  # which concept each pool picture shows
     if sd.world == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
         def enc(x): return torch.from_numpy(judges.judge_features(x, a.mini_dir)).float()  # noqa: E306
@@ -1010,8 +1012,6 @@ def parse(argv=None):
         sdlib.fail("give the concept to erase: --concept NAME (more than once, or --concepts FILE, for several)")
     if len(names) > 1 and a.method not in MULTI_METHODS:
         sdlib.fail(f"--method {a.method} erases one concept per run; several at once: {', '.join(MULTI_METHODS)}")
-    if len(names) > 1 and a.concept_file:
-        sdlib.fail("--concept-file gives one concept; give several concepts by name")
     a.concept = names[0] if len(names) == 1 else names  # one concept: a name, as before
     a.concepts = None
     for name in ("dm2_mine_decay_at", "dm2_decay_at", "dm2_newest_prob"):
@@ -1050,8 +1050,8 @@ def main(argv=None):
                    "share their prompts out over torchrun's ranks)")
     try:
         sd = sdlib.load(a.model, a.device, a.half, bf16=a.bf16)
-        names = a.concept if isinstance(a.concept, list) else [a.concept]
-        concept = data.combine_concepts([data.get_concept(n, sd.world, a.concept_file) for n in names])
+        concept, _ = data.get_concepts(a.concept if isinstance(a.concept, list) else [a.concept], sd.world,
+                                       a.concept_file)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     if concept.parts and a.method == "dm2" and sd.world != "mini":

@@ -177,15 +177,6 @@ def measure(sd, concept, judge, a, inputs=None):
     return m, c_images, o_images
 
 
-def concepts_of(a, world):
-    """The concept (or, --concept given more than once, the concepts) to evaluate: (combined, [each])."""
-    names = a.concept if isinstance(a.concept, list) else [a.concept]
-    if a.concept_file and len(names) > 1:
-        raise data.DataError("--concept-file gives one concept; give several concepts by name, not with a file")
-    parts = [data.get_concept(n, world, a.concept_file) for n in names]
-    return data.combine_concepts(parts), parts
-
-
 def measure_several(sd, concept, parts, a, inputs):
     """Several concepts erased at once: each one's concept and implicit rates under its own judge, and
     preservation on prompts that show none of them (concept.other_prompts). The top-level rates are the mean over
@@ -216,7 +207,8 @@ def measure_several(sd, concept, parts, a, inputs):
 
 def cmd_evaluate(a):
     sd = load_model(a)
-    concept, parts = concepts_of(a, sd.world)
+    concept, parts = data.get_concepts(a.concept if isinstance(a.concept, list) else [a.concept], sd.world,
+                                       a.concept_file)
     judge = judges.make_judge(parts[0], a)  # a judge that does not fit fails here, before anything is drawn
     inputs = user_inputs(a, concept)  # bad files fail here, before anything is drawn or written
     if len(parts) > 1 and inputs["prompts"]:
