@@ -170,7 +170,31 @@ def resolved_settings(script, argv):
     JSON's types. Comparing these, not the command lines, tells a cell made before a default changed."""
     a = PARSERS[script](argv)
     d = {k: v for k, v in vars(a).items() if k not in SETTINGS_IGNORED}
+    # the base model's and the mini judge's files, not only their paths: a retrained mini world in the same folder
+    # makes every finished cell stale instead of being reused
+    d["model_files"] = files_fingerprint(d.get("model") or sdlib.DEFAULT_MODEL)
+    d["judge_files"] = files_fingerprint(os.path.join(os.path.dirname(sdlib.DEFAULT_MODEL), "judge.safetensors"))
     return json.loads(json.dumps(d, default=str))
+
+
+def files_fingerprint(path, sample=1 << 20):
+    """A short hash of the files under path (a file or a folder): their names, sizes and first and last `sample`
+    bytes, so that a checkpoint of several GB is fingerprinted in milliseconds; None for a hub id or missing path."""
+    import hashlib
+    if not os.path.exists(path):
+        return None
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+    h = hashlib.sha1()
+    for f in files:
+        size = os.path.getsize(f)
+        h.update(f"{os.path.relpath(f, path)}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(sample))
+            if size > 2 * sample:
+                fh.seek(size - sample)
+                h.update(fh.read(sample))
+    return h.hexdigest()[:16]
 
 
 def inside_checkout(settings, root):

@@ -240,6 +240,29 @@ def test_stale_cell_check_compares_settings_not_words(tmp_path, capsys):
     assert "settings that differ: dm2_max_loops: 3 -> 4" in capsys.readouterr().err
 
 
+def test_stale_cell_check_sees_retrained_weights(tmp_path, capsys):
+    """A cell made on a model folder is stale once that folder's weights change, under the same path and settings:
+    a retrained mini world does not reuse the cells of the one before."""
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "weights.bin").write_bytes(b"\0" * 1000)
+    args = ["--method", "uce", "--concept", "van gogh", "--seed", "0", "--model", str(model)]
+    out = str(tmp_path / "runs" / "uce_s0")
+    os.makedirs(out)
+    json.dump({"wall_seconds": 1.0, "resumed": False, "command": ["erase.py", *args, "--out", out], "threads": 1,
+               "settings": benchmark.resolved_settings("erase.py", [*args, "--out", out])},
+              open(os.path.join(out, benchmark.CELL_FILE), "w"))
+    benchmark.check_cells([("erase.py", args, out)])  # the same files: reused
+    (model / "unet" / "weights.bin").write_bytes(b"\1" * 1000)  # same size, other bytes
+    try:
+        benchmark.check_cells([("erase.py", args, out)])
+        raise AssertionError("a cell made on other weights was reused")
+    except SystemExit:
+        pass
+    assert "model_files" in capsys.readouterr().err
+    assert benchmark.files_fingerprint(str(tmp_path / "missing")) is None
+
+
 def test_before_after_from_evaluations(tmp_path):
     """The figure's rows are the first row of the base model's and the method's concept_grid.png, then of their
     other_grid.png, picture for picture; without the base model's cell, the method's rows alone."""
