@@ -155,3 +155,13 @@ def test_dm2_mines_each_concept_in_turn(tiny_model, tmp_path):
     parts = [row.split(",")[head.index("part")] for row in rows[1:] if row.split(",")[head.index("verify_score")]]
     assert parts == ["0", "1", "0"]
     assert json.load(open(out / "config.json"))["dm2_loops"] == 3
+
+
+def test_multi_concept_script_refuses_a_bad_selection():
+    """scripts/multi_concept.py: an unknown concept or method, one concept, or a repeated one is refused in one
+    line before anything runs."""
+    for args in (["--concepts", "van gogh,nope"], ["--concepts", "van gogh"], ["--methods", "sdxl"],
+                 ["--concepts", "red,red"]):
+        r = subprocess.run([sys.executable, "scripts/multi_concept.py", *args, "--work", "/nonexistent/w"],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode != 0 and "need two or more distinct concepts" in r.stderr, (args, r.stderr)
