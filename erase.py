@@ -137,6 +137,10 @@ PAPER_SCHEDULE = {
     # weight in the code). Its two terms are in x0 space (ours: epsilon space).
     "ap": dict(iterations=1000, lr=1e-5, eta=1.0, start_guidance=3.0, ddim_steps=50, batch=1, ap_lambda=1.0,
                ap_temperature=2.0, ap_adv_lr=1e-2, ap_candidates=100, ap_vocab_pool=1000),
+    # ESD, Gandikota et al. 2023, and its public code (train-scripts/train-esd.py defaults): 1,000 iterations,
+    # Adam lr 1e-5, negative guidance 1, x_t by DDIM 50 at start guidance 3, one prompt a step; the mini world's
+    # defaults above move its small model faster (ESD_LR)
+    "esd": dict(iterations=1000, lr=1e-5, eta=1.0, start_guidance=3.0, ddim_steps=50, batch=1),
 }
 CHECKPOINT_EVERY = 50  # iterations between resumable checkpoints
 RESUME_IGNORES = ("resume", "overwrite", "out", "device", "picture_cache", "export", "grid_seeds")  # change no weight

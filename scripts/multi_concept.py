@@ -29,6 +29,7 @@ EVAL_ARGS = ["--num-seeds", "1", "--num-other", "30", "--num-implicit", "60"]  #
 
 def run(cmd, log):
     print(f"[{time.strftime('%H:%M:%S')}] $ {' '.join(cmd)}", flush=True)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
         if subprocess.run([sys.executable, *cmd], cwd=HERE, stdout=f, stderr=subprocess.STDOUT).returncode:
             sys.exit(f"failed: {' '.join(cmd)}; see {log}")

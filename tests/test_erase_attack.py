@@ -125,8 +125,8 @@ def test_run_folder_refuses_another_base(tiny_model, tokenizer_dir, tmp_path):
     (["--method", "forget", "--concept", "triangle"], "invalid choice: 'forget'"),
     (["--method", "esd", "--concept", "triangle", "--train-method", "xattn"], "invalid choice: 'xattn'"),
     (["--method", "esd", "--concept", "triangle", "--iterations", "0"], "--iterations must be at least 1"),
-    (["--method", "esd", "--concept", "triangle", "--schedule", "paper"],
-     "--schedule paper applies to dm2, stereo, ap, not --method esd"),
+    (["--method", "rece", "--concept", "triangle", "--schedule", "paper"],
+     "--schedule paper applies to dm2, stereo, ap, esd, not --method rece"),
     (["--method", "dm2", "--concept", "triangle", "--schedule", "papers"], "invalid choice: 'papers'"),
 ])
 def test_erase_bad_input(tmp_path, tiny_model, args, message):
@@ -497,6 +497,10 @@ def test_schedule_paper_sets_the_papers_numbers():
         (1000, 1e-5, 1.0, 3.0, 50, 1, 1.0, 2.0, 1e-2, 100, 1000)
     erase.resolve_for_concept(ap, data.get_concept("van gogh"))  # the schedule's lr is not replaced by ESD_LR's
     assert ap.lr == 1e-5 and ap.train_method == "esd-x"
+    esd = erase.parse(["--method", "esd", "--concept", "triangle", "--schedule", "paper"])  # ESD's public code
+    erase.resolve_for_concept(esd, data.get_concept("triangle"))
+    assert (esd.iterations, esd.lr, esd.eta, esd.start_guidance, esd.ddim_steps, esd.batch, esd.train_method) == \
+        (1000, 1e-5, 1.0, 3.0, 50, 1, "esd-u")
 
 
 def test_an_explicit_flag_wins_over_the_schedule():
@@ -516,7 +520,7 @@ def test_schedule_paper_with_another_method_fails_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         erase.parse(["--method", "uce", "--concept", "van gogh", "--schedule", "paper"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and lines == ["error: --schedule paper applies to dm2, stereo, ap, not --method uce"]
+    assert e.value.code == 2 and lines == ["error: --schedule paper applies to dm2, stereo, ap, esd, not --method uce"]
 
 
 def test_dm2_paper_schedule_circumvents_with_sgd_and_steps_its_rates():
