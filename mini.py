@@ -302,13 +302,14 @@ def stage_text(a, d, tokenizer):
     Each output position (the last hidden state, what the UNet reads) is trained to name its own token and the next
     one through two linear heads: the first keeps every word its own direction, the second makes the encoder read
     the sentence, so that words used alike (synonyms, a style's associated words) come out near each other. The
-    first EOS also names the labels of the caption's picture (TEXT_LABEL_WEIGHT), as CLIP's pooled output is tied
+    first EOS also names the labels of the caption's picture (--text-label-weight), as CLIP's pooled output is tied
     to its image."""
     ckpt_path = os.path.join(a.work, "text_ckpt.pt")
     ck = checkpoint.read(ckpt_path) if os.path.exists(ckpt_path) else None
     torch.manual_seed(a.seed + 1)
     text_encoder = build_text_encoder()
-    objective = f"this+next+labels@eos x{TEXT_LABEL_WEIGHT:g}" if TEXT_LABEL_WEIGHT else "this+next"
+    w = a.text_label_weight
+    objective = f"this+next+labels@eos x{w:g}" if w else "this+next"
     if ck is not None and ck.get("objective", "this+next") != objective:
         sys.exit(f"text: {ckpt_path} was trained with the objective {ck.get('objective', 'this+next')!r}, not "
                  f"{objective!r}; delete it (or use another --work) to pretrain again")
@@ -350,7 +351,7 @@ def stage_text(a, d, tokenizer):
         eos = h[torch.arange(len(h)), (ids == tokenizer.eos_token_id).long().argmax(1)]  # (B, D) the first EOS
         lab = sum(F.cross_entropy(heads[attr](eos), torch.from_numpy(labels[:, i]))
                   for i, attr in enumerate(data.ATTRIBUTES)) / len(data.ATTRIBUTES)
-        loss = this + nxt + TEXT_LABEL_WEIGHT * lab
+        loss = this + nxt + w * lab
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -471,7 +472,7 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
             "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
             "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2", "text_encoder": a.text_encoder,
             "text_steps": a.text_steps if a.text_encoder == "frozen" else None,
-            "text_label_weight": TEXT_LABEL_WEIGHT if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
+            "text_label_weight": a.text_label_weight if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
@@ -665,6 +666,8 @@ def main(argv=None):
     t.add_argument("--text-encoder", default=TEXT_ENCODER, choices=["frozen", "joint"],
                    help="frozen: pretrain on the captions alone, then freeze (as SD's CLIP); joint: train with the UNet")
     t.add_argument("--text-steps", type=int, default=TEXT_STEPS, help="text-encoder pretraining steps (frozen)")
+    t.add_argument("--text-label-weight", type=float, default=TEXT_LABEL_WEIGHT,
+                   help="weight of the first EOS's picture-label loss in the text stage (0: words only)")
     t.add_argument("--warmup", type=int, default=UNET_WARMUP, help="UNet learning-rate warm-up steps")
     t.add_argument("--retrain-judge", action="store_true", help="train the judge even if mini/ has one")
     t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")

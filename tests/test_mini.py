@@ -87,7 +87,8 @@ def test_text_pretraining_resumes_to_the_same_frozen_encoder(tmp_path):
 
     def run(work, steps):
         work.mkdir(exist_ok=True)
-        return mini.stage_text(argparse.Namespace(work=str(work), seed=0, text_steps=steps, bf16=False), d, tok)
+        return mini.stage_text(argparse.Namespace(work=str(work), seed=0, text_steps=steps, bf16=False,
+                                                   text_label_weight=mini.TEXT_LABEL_WEIGHT), d, tok)
     run(tmp_path / "a", 1)
     resumed = run(tmp_path / "a", 2).state_dict()
     straight = run(tmp_path / "b", 2)
