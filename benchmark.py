@@ -23,6 +23,7 @@ import attack
 import data
 import erase
 import evaluate
+import judges
 import report
 import sd as sdlib
 
@@ -173,7 +174,7 @@ def resolved_settings(script, argv):
     # the base model's and the mini judge's files, not only their paths: a retrained mini world in the same folder
     # makes every finished cell stale instead of being reused
     d["model_files"] = files_fingerprint(d.get("model") or sdlib.DEFAULT_MODEL)
-    d["judge_files"] = files_fingerprint(os.path.join(os.path.dirname(sdlib.DEFAULT_MODEL), "judge.safetensors"))
+    d["judge_files"] = files_fingerprint(os.path.join(d.get("mini_dir") or judges.MINI_DIR, "judge.safetensors"))
     return json.loads(json.dumps(d, default=str))
 
 

@@ -729,8 +729,9 @@ def combine_concepts(concepts):
 
 
 def get_concepts(names, world="mini", concept_file=None):
-    """--concept given once or more: (the concept to erase or evaluate, combined when there are several; each
-    one's preset). DataError for an unknown or repeated name, or a concept file with several names."""
+    """--concept given once (a name) or more (a list): (the concept to erase or evaluate, combined when there are
+    several; each one's preset). DataError for an unknown or repeated name, or a concept file with several names."""
+    names = [names] if isinstance(names, str) else list(names)
     if concept_file and len(names) > 1:
         raise DataError("--concept-file gives one concept; give several concepts by name")
     parts = [get_concept(n, world, concept_file) for n in names]

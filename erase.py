@@ -1054,8 +1054,7 @@ def main(argv=None):
                    "share their prompts out over torchrun's ranks)")
     try:
         sd = sdlib.load(a.model, a.device, a.half, bf16=a.bf16)
-        concept, _ = data.get_concepts(a.concept if isinstance(a.concept, list) else [a.concept], sd.world,
-                                       a.concept_file)
+        concept, _ = data.get_concepts(a.concept, sd.world, a.concept_file)
     except (data.DataError, sdlib.LoadError) as e:
         sdlib.fail(str(e))
     if concept.parts and a.method == "dm2" and sd.world != "mini":

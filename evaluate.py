@@ -207,8 +207,7 @@ def measure_several(sd, concept, parts, a, inputs):
 
 def cmd_evaluate(a):
     sd = load_model(a)
-    concept, parts = data.get_concepts(a.concept if isinstance(a.concept, list) else [a.concept], sd.world,
-                                       a.concept_file)
+    concept, parts = data.get_concepts(a.concept, sd.world, a.concept_file)
     judge = judges.make_judge(parts[0], a)  # a judge that does not fit fails here, before anything is drawn
     inputs = user_inputs(a, concept)  # bad files fail here, before anything is drawn or written
     if len(parts) > 1 and inputs["prompts"]:

@@ -68,8 +68,7 @@ def main(argv=None):
             run(["evaluate.py", "evaluate", *every, *(["--weights", weights] if weights else []), "--seed", str(a.seed),
                  *EVAL_ARGS, "--overwrite", "--out", ev], ev + ".log")
         mt = json.load(open(os.path.join(ev, "metrics.json")))
-        cost = json.load(open(os.path.join(weights, "config.json"))).get("cost") or {} if weights else {}
-        rows.append((name, m, mt, cost))
+        rows.append((name, m, mt, mt.get("erase_cost") or {}))  # evaluate.py copies the run's cost
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     lines = ["# Several concepts in one run against one run each", "",
              f"Regenerate: `python scripts/multi_concept.py --methods {','.join(methods)} --concepts \"{','.join(concepts)}\" "
