@@ -41,6 +41,7 @@ UNET_WARMUP = 200  # linear warm-up steps, then cosine decay to 10% of UNET_LR
 EMA_DECAY = 0.999
 CAPTION_DROPOUT = 0.1  # empty caption rate: trains the unconditional branch for classifier-free guidance
 ZERO_VECTOR_RATE = 0.03  # captions of 1-20 zero token vectors, trained as unconditional: zero vectors say nothing
+PAD_DROPOUT = 0.0  # share of captions whose first EOS and padding the UNet sees as the empty prompt's (--pad-dropout)
 N_FILLERS = 2600  # filler words written by `python mini.py fillers`
 # real-English words with a visual meaning that the mini world gives another (or no) word: never fillers
 VISUAL_STOPLIST = set("""pink brown round oval hexagon stripe stripes spot spots dot dots colour color colours colors
@@ -370,6 +371,13 @@ def stage_text(a, d, tokenizer):
     return text_encoder.requires_grad_(False).eval()
 
 
+def clean_from_eos(cond, clean, eos, rows):
+    """cond (B, 77, D) with every position from the first EOS on (eos: (B,) its index) replaced by clean's (1, 77, D)
+    in the rows where rows (B,) is True: those captions say what they say through their words alone."""
+    late = rows[:, None] & (torch.arange(cond.shape[1])[None, :] >= eos[:, None])
+    return torch.where(late[..., None], clean.expand_as(cond), cond)
+
+
 def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
     """Train the UNet on cached latents, with the text encoder (jointly) or under frozen_text (pretrained, fixed);
     resumable from WORK_DIR/unet_ckpt.pt."""
@@ -406,6 +414,7 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
     mu, std, y = lat["mu"], lat["std"], d["y_train"]
     sf = vae.config.scaling_factor
     t0 = time.time()
+    ids_empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0].tolist()
     bar = tqdm(range(step, a.unet_steps), desc="unet", initial=step, total=a.unet_steps)
     for step in bar:
         # every random draw of a step comes from (seed, step): a resumed run continues the same sequence
@@ -428,7 +437,15 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
         zt = scheduler.add_noise(z0, noise, t)  # sqrt(acp_t) z0 + sqrt(1 - acp_t) noise
         set_lr(opt, lr_at(step, a.unet_steps, UNET_LR, warmup=a.warmup))
         with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
-            pred = unet(zt, t, text_encoder(ids)[0]).sample.float()
+            cond = text_encoder(ids)[0]
+            if a.pad_dropout > 0:  # these captions reach the UNet through their words alone (scripts/pad_probe.py)
+                rows = torch.from_numpy((rng.random(UNET_BATCH) < a.pad_dropout) & (drop >= CAPTION_DROPOUT
+                                                                                   + ZERO_VECTOR_RATE))
+                eos = (ids == tokenizer.eos_token_id).int().argmax(1)
+                zero_mask["keep"] = torch.ones(1, ids.shape[1])
+                clean = text_encoder(torch.tensor([ids_empty]))[0]  # (1, 77, D) the empty prompt's positions
+                cond = clean_from_eos(cond, clean, eos, rows)
+            pred = unet(zt, t, cond).sample.float()
         per_sample = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
         weight = torch.clamp(snr[t], max=MIN_SNR_GAMMA) / snr[t] if MIN_SNR_GAMMA > 0 else torch.ones_like(per_sample)
         loss = (weight * per_sample).mean()
@@ -470,7 +487,8 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     info = {"seed": a.seed, "n_train": a.n_train, "held_out": data.HELD_OUT, "vae_steps": a.vae_steps,
             "unet_steps": a.unet_steps, "unet_batch": UNET_BATCH, "unet_lr": UNET_LR, "bf16": a.bf16,
             "min_snr_gamma": MIN_SNR_GAMMA, "caption_dropout": CAPTION_DROPOUT, "ema_decay": EMA_DECAY,
-            "zero_vector_rate": ZERO_VECTOR_RATE, "language": "v2", "text_encoder": a.text_encoder,
+            "zero_vector_rate": ZERO_VECTOR_RATE, "pad_dropout": a.pad_dropout, "language": "v2",
+            "text_encoder": a.text_encoder,
             "text_steps": a.text_steps if a.text_encoder == "frozen" else None,
             "text_label_weight": a.text_label_weight if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
@@ -480,6 +498,8 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
 
 
 def cmd_train(a):
+    if not 0 <= a.pad_dropout <= 1:
+        sys.exit(f"--pad-dropout is a share of the captions, from 0 to 1; got {a.pad_dropout}")
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
     d = stage_data(a)
@@ -668,6 +688,9 @@ def main(argv=None):
     t.add_argument("--text-steps", type=int, default=TEXT_STEPS, help="text-encoder pretraining steps (frozen)")
     t.add_argument("--text-label-weight", type=float, default=TEXT_LABEL_WEIGHT,
                    help="weight of the first EOS's picture-label loss in the text stage (0: words only)")
+    t.add_argument("--pad-dropout", type=float, default=PAD_DROPOUT,
+                   help="share of captions whose first EOS and padding the UNet sees as the empty prompt's, so that "
+                        "it learns to read the words (SD's UNet ignores the padding)")
     t.add_argument("--warmup", type=int, default=UNET_WARMUP, help="UNet learning-rate warm-up steps")
     t.add_argument("--retrain-judge", action="store_true", help="train the judge even if mini/ has one")
     t.add_argument("--out", default=MINI_DIR, help="where the pipeline and judge are written")

@@ -1,5 +1,7 @@
 """Integration tests on the committed mini world (mini/): it loads as a plain diffusers pipeline, generates
 deterministically, its judge is accurate on fresh pictures, and it draws what it is asked to."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,25 @@ def test_text_probe_reads_attributes_from_the_committed_encoder():
     for row in rows:
         shape, colour, style = map(float, row[2:5])
         assert shape > 0.5 and colour > 0.4 and style > 0.5, row
+
+
+def test_pad_dropout_keeps_the_words_and_cleans_from_the_first_eos():
+    """mini.py train --pad-dropout: in the chosen rows every position from the first EOS on is the empty prompt's,
+    the words before it are the caption's; the other rows are untouched."""
+    cond, clean = torch.randn(3, 6, 2), torch.randn(1, 6, 2)
+    out = mini.clean_from_eos(cond, clean, torch.tensor([2, 4, 1]), torch.tensor([True, False, True]))
+    assert torch.equal(out[0, :2], cond[0, :2]) and torch.equal(out[0, 2:], clean[0, 2:])
+    assert torch.equal(out[1], cond[1])
+    assert torch.equal(out[2, :1], cond[2, :1]) and torch.equal(out[2, 1:], clean[0, 1:])
+
+
+def test_pad_probe_variants_swap_the_positions_they_name():
+    """scripts/pad_probe.py's four variants: which positions stay the prompt's and which become the empty prompt's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pad_probe", os.path.join(mini.HERE, "scripts", "pad_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    cond, clean, eos = torch.ones(1, 5, 1), torch.zeros(1, 5, 1), torch.tensor([2])  # BOS, a word, EOS, 2 pads
+    kept = {v: probe.mixed(cond, clean, eos, v)[0, :, 0].tolist() for v in probe.VARIANTS}
+    assert kept == {"full": [1, 1, 1, 1, 1], "words + EOS": [1, 1, 1, 0, 0], "words": [1, 1, 0, 0, 0],
+                    "EOS + pads": [1, 0, 1, 1, 1]}
