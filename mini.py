@@ -442,7 +442,7 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
                 rows = torch.from_numpy((rng.random(UNET_BATCH) < a.pad_dropout) & (drop >= CAPTION_DROPOUT
                                                                                    + ZERO_VECTOR_RATE))
                 eos = (ids == tokenizer.eos_token_id).int().argmax(1)
-                zero_mask["keep"] = torch.ones(1, ids.shape[1])
+                zero_mask["keep"] = torch.ones(1, ids.shape[1])  # the embedding hook's mask, for the one empty prompt
                 clean = text_encoder(torch.tensor([ids_empty]))[0]  # (1, 77, D) the empty prompt's positions
                 cond = clean_from_eos(cond, clean, eos, rows)
             pred = unet(zt, t, cond).sample.float()

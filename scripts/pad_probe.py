@@ -57,8 +57,11 @@ def main():
         sys.exit(f"unknown or no concepts {unknown}; choose from: {', '.join(data.MINI_CONCEPTS)}")
     if a.prompts < 1:
         sys.exit("--prompts must be at least 1")
-    sd = sdlib.load(a.model)
-    judge = judges.load_judge(a.judge) if a.judge else judges.load_judge()
+    try:
+        sd = sdlib.load(a.model)
+        judge = judges.load_judge(a.judge or judges.MINI_DIR)
+    except (sdlib.LoadError, FileNotFoundError, OSError) as e:
+        sys.exit(f"pad_probe: {e}")
     eos_id = sd.tokenizer.eos_token_id
     with torch.no_grad():
         clean = sdlib.encode(sd, [""])
@@ -75,7 +78,7 @@ def main():
             eos = (ids == eos_id).int().argmax(1).cpu()
             seeds = list(range(len(prompts)))
             rates = []
-            for v in VARIANTS:
+            for v in sdlib.tqdm(VARIANTS, desc=f"{name}, {label}", leave=False):
                 def cond_of(rows, v=v):
                     cond = sdlib.encode(sd, [prompts[r] for r in rows])
                     return mixed(cond.cpu(), clean.cpu(), eos[rows], v).to(cond.device)
