@@ -57,6 +57,12 @@ TEXT_STEPS, TEXT_BATCH, TEXT_LR = 800, 128, 1e-3  # caption-only pretraining; bo
 # naming their tokens. Without it the encoder's outputs hold colour poorly (a linear probe of colour on their mean:
 # 0.52, against 0.83 for the jointly trained encoder) and the UNet trained under it did not learn colour.
 TEXT_LABEL_WEIGHT = 1.0  # weight of that label loss (0: words only, the objective before)
+# weight of a loss that pulls every position after the first EOS toward the empty prompt's output there, so that the
+# padding says almost nothing (SD's UNet ignores CLIP's padding: Toker et al. 2025); 0: the padding is left free
+TEXT_PAD_WEIGHT = 0.0
+# where that loss starts: "pad", the positions after the first EOS; "eos", the first EOS too (it then names no labels,
+# and the UNet can read a caption only through its words)
+TEXT_PAD_FROM = "pad"
 
 # SD v1.4's noise schedule, exactly
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -311,6 +317,10 @@ def stage_text(a, d, tokenizer):
     text_encoder = build_text_encoder()
     w = a.text_label_weight
     objective = f"this+next+labels@eos x{w:g}" if w else "this+next"
+    pw = getattr(a, "text_pad_weight", TEXT_PAD_WEIGHT)
+    pad_from = getattr(a, "text_pad_from", TEXT_PAD_FROM)
+    if pw:
+        objective += f"+{'eos+' if pad_from == 'eos' else ''}pads=empty x{pw:g}"
     if ck is not None and ck.get("objective", "this+next") != objective:
         sys.exit(f"text: {ckpt_path} was trained with the objective {ck.get('objective', 'this+next')!r}, not "
                  f"{objective!r}; delete it (or use another --work) to pretrain again")
@@ -340,34 +350,47 @@ def stage_text(a, d, tokenizer):
         rng = np.random.default_rng([a.seed, 7, step])
         labels = y[rng.integers(0, len(y), TEXT_BATCH)]
         caps = data.captions_for(labels, rng)
-        ids = tokenizer(caps, padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
+        # the pad loss reads every one of the 77 positions the UNet sees; without it the longest caption is enough
+        ids = tokenizer(caps, padding="max_length" if pw else "longest", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids
+        if pw:  # the empty prompt goes through the encoder with the batch (one more row)
+            ids = torch.cat([ids, tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids])
         real = torch.cumsum((ids == tokenizer.eos_token_id).long(), 1) <= 1  # BOS, the words and the first EOS
         set_lr(opt, lr_at(step, a.text_steps, TEXT_LR, warmup=100))
         with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
             h = text_encoder(ids)[0]
         h = h.float()
+        if pw:  # after the first EOS: the padding, to be made the empty prompt's
+            h, empty = h[:-1], h[-1]
+            ids, real = ids[:-1], real[:-1]
+            pads = ~real if pad_from == "pad" else torch.cumsum((ids == tokenizer.eos_token_id).long(), 1) >= 1
+            pad = ((h - empty) ** 2).mean(-1)[pads].mean()
+        else:
+            pad = torch.zeros(())
         this = F.cross_entropy(heads["this"](h[real]), cls[ids[real]])
         nxt_mask = real[:, :-1] & real[:, 1:]
         nxt = F.cross_entropy(heads["next"](h[:, :-1][nxt_mask]), cls[ids[:, 1:][nxt_mask]])
         eos = h[torch.arange(len(h)), (ids == tokenizer.eos_token_id).long().argmax(1)]  # (B, D) the first EOS
         lab = sum(F.cross_entropy(heads[attr](eos), torch.from_numpy(labels[:, i]))
                   for i, attr in enumerate(data.ATTRIBUTES)) / len(data.ATTRIBUTES)
-        loss = this + nxt + w * lab
+        loss = this + nxt + w * lab + pw * pad
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append([this.item(), nxt.item(), lab.item()])
+        losses.append([this.item(), nxt.item(), lab.item(), pad.item()])
         bar.set_postfix(this=f"{np.mean([l[0] for l in losses[-50:]]):.3f}",
                         next=f"{np.mean([l[1] for l in losses[-50:]]):.3f}",
-                        labels=f"{np.mean([l[2] for l in losses[-50:]]):.3f}", refresh=False)
+                        labels=f"{np.mean([l[2] for l in losses[-50:]]):.3f}",
+                        pads=f"{np.mean([l[-1] for l in losses[-50:]]):.3f}", refresh=False)
         if (step + 1) % 500 == 0 or step + 1 == a.text_steps:
             checkpoint.write(ckpt_path, {"text": text_encoder.state_dict(), "heads": heads.state_dict(),
                                          "opt": opt.state_dict(), "step": step + 1, "losses": losses,
                                          "objective": objective})
     log(f"text: own-token loss {np.mean([l[0] for l in losses[-200:]]):.3f}, "
         f"next-token loss {np.mean([l[1] for l in losses[-200:]]):.3f}, "
-        f"label loss {np.mean([l[2] for l in losses[-200:]]):.3f} (last 200 steps)")
+        f"label loss {np.mean([l[2] for l in losses[-200:]]):.3f}"
+        + (f", pad loss {np.mean([l[-1] for l in losses[-200:]]):.4f}" if pw else "") + " (last 200 steps)")
     return text_encoder.requires_grad_(False).eval()
 
 
@@ -490,7 +513,10 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
             "zero_vector_rate": ZERO_VECTOR_RATE, "pad_dropout": a.pad_dropout, "language": "v2",
             "text_encoder": a.text_encoder,
             "text_steps": a.text_steps if a.text_encoder == "frozen" else None,
-            "text_label_weight": a.text_label_weight if a.text_encoder == "frozen" else None, "reused_vae": a.reuse_vae,
+            "text_label_weight": a.text_label_weight if a.text_encoder == "frozen" else None,
+            "text_pad_weight": a.text_pad_weight if a.text_encoder == "frozen" else None,
+            "text_pad_from": a.text_pad_from if a.text_encoder == "frozen" and a.text_pad_weight else None,
+            "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
@@ -500,6 +526,11 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
 def cmd_train(a):
     if not 0 <= a.pad_dropout <= 1:
         sys.exit(f"--pad-dropout is a share of the captions, from 0 to 1; got {a.pad_dropout}")
+    if a.text_pad_weight < 0:
+        sys.exit(f"--text-pad-weight is a loss weight, 0 or more; got {a.text_pad_weight}")
+    if a.text_pad_from == "eos" and a.text_pad_weight and a.text_label_weight:
+        sys.exit("--text-pad-from eos makes the first EOS the empty prompt's, so it cannot also name the labels: "
+                 "give --text-label-weight 0")
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
     d = stage_data(a)
@@ -688,6 +719,10 @@ def main(argv=None):
     t.add_argument("--text-steps", type=int, default=TEXT_STEPS, help="text-encoder pretraining steps (frozen)")
     t.add_argument("--text-label-weight", type=float, default=TEXT_LABEL_WEIGHT,
                    help="weight of the first EOS's picture-label loss in the text stage (0: words only)")
+    t.add_argument("--text-pad-weight", type=float, default=TEXT_PAD_WEIGHT,
+                   help="weight of the text stage's loss that makes the padding the empty prompt's (0: padding free)")
+    t.add_argument("--text-pad-from", default=TEXT_PAD_FROM, choices=["pad", "eos"],
+                   help="pad: the pad loss covers the positions after the first EOS; eos: the first EOS too")
     t.add_argument("--pad-dropout", type=float, default=PAD_DROPOUT,
                    help="share of captions whose first EOS and padding the UNet sees as the empty prompt's, so that "
                         "it learns to read the words (SD's UNet ignores the padding)")

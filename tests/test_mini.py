@@ -103,6 +103,34 @@ def test_text_pretraining_resumes_to_the_same_frozen_encoder(tmp_path):
     assert not torch.equal(init[fc1], resumed[fc1])
 
 
+def test_text_pad_weight_makes_the_padding_the_empty_prompts(tmp_path):
+    """mini.py train --text-pad-weight: a few steps of the text stage with the pad loss bring a caption's padding
+    outputs nearer the empty prompt's than the same steps without it, and with --text-pad-from eos its first EOS too;
+    the checkpoint records the objective."""
+    import argparse
+    tok = mini.build_tokenizer(str(tmp_path / "tok"))
+    d = {"y_train": data.sample_labels(500, np.random.default_rng(0))}
+    caps = data.captions_for(d["y_train"][:16], np.random.default_rng(1))
+    ids = tok(caps + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    n_eos = torch.cumsum((ids[:-1] == tok.eos_token_id).long(), 1)
+    where = {"pads": n_eos > 1, "first EOS": (n_eos == 1) & (ids[:-1] == tok.eos_token_id)}
+    gaps = {}
+    for pw, pad_from, label_weight in ((0.0, "pad", 0.0), (1.0, "pad", 0.1), (1.0, "eos", 0.0)):
+        work = str(tmp_path / f"w{pw:g}{pad_from}")
+        os.makedirs(work)
+        te = mini.stage_text(argparse.Namespace(work=work, seed=0, text_steps=12, bf16=False, text_pad_weight=pw,
+                                                text_label_weight=label_weight, text_pad_from=pad_from), d, tok)
+        with torch.no_grad():
+            h = te(ids)[0]
+        gap = ((h[:-1] - h[-1]) ** 2).mean(-1)
+        gaps[pw, pad_from] = {k: gap[m].mean().item() for k, m in where.items()}
+        objective = mini.checkpoint.read(os.path.join(work, "text_ckpt.pt"))["objective"]
+        assert objective.endswith({"pad": "+pads=empty x1", "eos": "+eos+pads=empty x1"}[pad_from]) == bool(pw)
+    free = gaps[0.0, "pad"]
+    assert gaps[1.0, "pad"]["pads"] < 0.5 * free["pads"], gaps
+    assert gaps[1.0, "eos"]["pads"] < 0.5 * free["pads"] and gaps[1.0, "eos"]["first EOS"] < 0.5 * free["first EOS"]
+
+
 def test_route_overlap_measures_the_committed_encoders_collapse():
     """scripts/route_overlap.py on the committed model: the name's shift spans a few directions and the implicit
     clauses' shift puts far more than chance of its energy in them (results/mini_v2/text_encoder.md)."""
