@@ -345,6 +345,7 @@ def stage_text(a, d, tokenizer):
         step, losses = ck["step"], ck["losses"]
         log(f"text: resumed at step {step}")
     log(f"text encoder: {a.text_steps} steps of batch {TEXT_BATCH} on captions alone ({len(seen)} distinct tokens)")
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     bar = tqdm(range(step, a.text_steps), desc="text", initial=step, total=a.text_steps)
     for step in bar:
         rng = np.random.default_rng([a.seed, 7, step])
@@ -354,16 +355,17 @@ def stage_text(a, d, tokenizer):
         ids = tokenizer(caps, padding="max_length" if pw else "longest", max_length=77, truncation=True,
                         return_tensors="pt").input_ids
         if pw:  # the empty prompt goes through the encoder with the batch (one more row)
-            ids = torch.cat([ids, tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids])
-        real = torch.cumsum((ids == tokenizer.eos_token_id).long(), 1) <= 1  # BOS, the words and the first EOS
+            ids = torch.cat([ids, empty_ids])
+        n_eos = torch.cumsum((ids == tokenizer.eos_token_id).long(), 1)  # EOS tokens up to and at each position
+        real = n_eos <= 1  # BOS, the words and the first EOS
         set_lr(opt, lr_at(step, a.text_steps, TEXT_LR, warmup=100))
         with torch.autocast("cpu", torch.bfloat16, enabled=a.bf16):
             h = text_encoder(ids)[0]
         h = h.float()
-        if pw:  # after the first EOS: the padding, to be made the empty prompt's
+        if pw:  # the positions to be made the empty prompt's: the padding (and with "eos" the first EOS)
             h, empty = h[:-1], h[-1]
-            ids, real = ids[:-1], real[:-1]
-            pads = ~real if pad_from == "pad" else torch.cumsum((ids == tokenizer.eos_token_id).long(), 1) >= 1
+            ids, real, n_eos = ids[:-1], real[:-1], n_eos[:-1]
+            pads = n_eos > 1 if pad_from == "pad" else n_eos >= 1
             pad = ((h - empty) ** 2).mean(-1)[pads].mean()
         else:
             pad = torch.zeros(())
