@@ -805,9 +805,12 @@ def main(argv=None):
                    "cost": timer.as_dict(cost_before), "reference_cost": ref_timer.as_dict(), **info,
                    "settings": {k: v for k, v in vars(a).items()}}
         json.dump(metrics, open(os.path.join(tmp, "metrics.json"), "w"), indent=1)
-        for f in os.listdir(a.state_dir) if os.path.isdir(a.state_dir) else []:  # done: the checkpoints go
-            if f.startswith("state_"):
-                os.remove(os.path.join(a.state_dir, f))
+        # done: the checkpoints go, once every rank has written its last one, and by rank 0 alone (two ranks removing
+        # the same files, or one removing while rank 0 renames the folder, fail on whichever comes second)
+        if sdlib.all_ranks(True) and sdlib.is_main_process():
+            for f in os.listdir(a.state_dir) if os.path.isdir(a.state_dir) else []:
+                if f.startswith("state_"):
+                    os.remove(os.path.join(a.state_dir, f))
     log(f"{a.attack} on {a.weights or 'the base model'}: ASR {metrics['asr']:.3f} (pre-attack {metrics['pre_asr']:.3f}) "
         f"over {len(targets)} target prompts; {timer.seconds:.0f}s, {timer.unet_evals} UNet and {timer.text_evals} "
         f"text-encoder evaluations -> {a.out}")

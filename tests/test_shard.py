@@ -23,6 +23,13 @@ def run(*args, ranks=1):
     return subprocess.run([*launcher, *args], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
+def failure(r):
+    """What a failed run printed: every rank's error lines first (torchrun's tail shows only the rank that waited in a
+    barrier for the one that crashed), then the end of stderr."""
+    errors = [ln for ln in r.stderr.splitlines() if "Error" in ln and "]:" in ln]
+    return "\n".join(errors[-20:]) + "\n...\n" + r.stderr[-2000:]
+
+
 def test_shard_map_in_one_process_is_a_plain_call(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert sdlib.rank_world() == (0, 1)
@@ -51,7 +58,7 @@ def test_two_ranks_give_the_one_process_attack(erased, which, extra):
         outs[ranks] = erased.parent / f"{which}_{ranks}"
         r = run("attack.py", "--attack", which, "--concept", "van gogh", "--weights", str(erased), "--out",
                 str(outs[ranks]), "--num-targets", "5", "--eval-steps", "2", *extra, ranks=ranks)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, failure(r)
     one, two = (json.load(open(outs[k] / "metrics.json")) for k in (1, 2))
     assert rows_of(outs[1]) == rows_of(outs[2])  # 5 targets over 2 ranks: 3 + 2, put back in order
     for k in ("asr", "pre_asr", "attack_only_rate", "n_targets"):
@@ -76,7 +83,7 @@ def test_two_ranks_give_the_one_process_evaluation(erased):
         outs[ranks] = erased.parent / f"eval_{ranks}"
         r = run("evaluate.py", "evaluate", "--concept", "van gogh", "--weights", str(erased), "--out",
                 str(outs[ranks]), "--num-seeds", "1", "--num-other", "5", "--steps", "2", ranks=ranks)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, failure(r)
     one, two = (json.load(open(outs[k] / "metrics.json")) for k in (1, 2))
     for k in ("concept_rate", "preservation", "preservation_by_attribute", "n_concept_images", "n_other_images"):
         assert one[k] == two[k], k
