@@ -63,6 +63,11 @@ TEXT_PAD_WEIGHT = 0.0
 # where that loss starts: "pad", the positions after the first EOS; "eos", the first EOS too (it then names no labels,
 # and the UNet can read a caption only through its words)
 TEXT_PAD_FROM = "pad"
+# weight of a loss that makes the first EOS name every word token of its caption (its bag of words, as a
+# distribution): CLIP's pooled text embedding behaves much like a bag of words (Yuksekgonul et al., ICLR 2023), so
+# a prompt's summary differs with its words ("starry cypress" is not "van gogh") instead of collapsing to its
+# picture's labels; 0: off
+TEXT_BOW_WEIGHT = 0.0
 
 # SD v1.4's noise schedule, exactly
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -310,7 +315,7 @@ def stage_text(a, d, tokenizer):
     one through two linear heads: the first keeps every word its own direction, the second makes the encoder read
     the sentence, so that words used alike (synonyms, a style's associated words) come out near each other. The
     first EOS also names the labels of the caption's picture (--text-label-weight), as CLIP's pooled output is tied
-    to its image."""
+    to its image, and optionally the caption's bag of words (--text-bow-weight)."""
     ckpt_path = os.path.join(a.work, "text_ckpt.pt")
     ck = checkpoint.read(ckpt_path) if os.path.exists(ckpt_path) else None
     torch.manual_seed(a.seed + 1)
@@ -319,8 +324,11 @@ def stage_text(a, d, tokenizer):
     objective = f"this+next+labels@eos x{w:g}" if w else "this+next"
     pw = getattr(a, "text_pad_weight", TEXT_PAD_WEIGHT)
     pad_from = getattr(a, "text_pad_from", TEXT_PAD_FROM)
+    bw = getattr(a, "text_bow_weight", TEXT_BOW_WEIGHT)
     if pw:
         objective += f"+{'eos+' if pad_from == 'eos' else ''}pads=empty x{pw:g}"
+    if bw:
+        objective += f"+words@eos x{bw:g}"
     if ck is not None and ck.get("objective", "this+next") != objective:
         sys.exit(f"text: {ckpt_path} was trained with the objective {ck.get('objective', 'this+next')!r}, not "
                  f"{objective!r}; delete it (or use another --work) to pretrain again")
@@ -337,12 +345,14 @@ def stage_text(a, d, tokenizer):
     heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(seen) + 1) for k in ("this", "next")})
     for attr, values in data.ATTRIBUTES.items():  # the picture's labels, read at the first EOS
         heads[attr] = torch.nn.Linear(hidden, len(values))
+    if bw:  # made last, so that the other heads start as without it
+        heads["bow"] = torch.nn.Linear(hidden, len(seen) + 1)
     params = list(text_encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, TEXT_LR, weight_decay=1e-2)
     step, losses = 0, []
     if ck is not None:
         text_encoder.load_state_dict(ck["text"]), heads.load_state_dict(ck["heads"]), opt.load_state_dict(ck["opt"])
-        step, losses = ck["step"], ck["losses"]
+        step, losses = ck["step"], [l + [0.0] * (5 - len(l)) for l in ck["losses"]]  # older ones kept 3 or 4
         log(f"text: resumed at step {step}")
     log(f"text encoder: {a.text_steps} steps of batch {TEXT_BATCH} on captions alone ({len(seen)} distinct tokens)")
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -375,24 +385,35 @@ def stage_text(a, d, tokenizer):
         eos = h[torch.arange(len(h)), (ids == tokenizer.eos_token_id).long().argmax(1)]  # (B, D) the first EOS
         lab = sum(F.cross_entropy(heads[attr](eos), torch.from_numpy(labels[:, i]))
                   for i, attr in enumerate(data.ATTRIBUTES)) / len(data.ATTRIBUTES)
-        loss = this + nxt + w * lab + pw * pad
+        if bw:  # the first EOS names the set of its caption's word tokens (BOS and EOS excluded)
+            words = (n_eos == 0) & (torch.arange(ids.shape[1]) > 0)
+            bag = torch.zeros(len(ids), len(seen) + 2)  # one spare column takes the non-word positions
+            bag.scatter_(1, torch.where(words, cls[ids], len(seen) + 1), 1.0)
+            bag = bag[:, :-1] / bag[:, :-1].sum(1, keepdim=True)  # a distribution over the caption's words
+            bow = -(bag * F.log_softmax(heads["bow"](eos), -1)).sum(1).mean()  # cross-entropy against it
+        else:
+            bow = torch.zeros(())
+        loss = this + nxt + w * lab + pw * pad + bw * bow
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append([this.item(), nxt.item(), lab.item(), pad.item()])
+        losses.append([this.item(), nxt.item(), lab.item(), pad.item(), bow.item()])
         bar.set_postfix(this=f"{np.mean([l[0] for l in losses[-50:]]):.3f}",
                         next=f"{np.mean([l[1] for l in losses[-50:]]):.3f}",
                         labels=f"{np.mean([l[2] for l in losses[-50:]]):.3f}",
-                        pads=f"{np.mean([l[-1] for l in losses[-50:]]):.3f}", refresh=False)
+                        pads=f"{np.mean([l[3] for l in losses[-50:]]):.3f}",
+                        words=f"{np.mean([l[4] for l in losses[-50:]]):.3f}", refresh=False)
         if (step + 1) % 500 == 0 or step + 1 == a.text_steps:
             checkpoint.write(ckpt_path, {"text": text_encoder.state_dict(), "heads": heads.state_dict(),
                                          "opt": opt.state_dict(), "step": step + 1, "losses": losses,
+                                         "seen": seen,  # the token ids the heads name, in class order
                                          "objective": objective})
     log(f"text: own-token loss {np.mean([l[0] for l in losses[-200:]]):.3f}, "
         f"next-token loss {np.mean([l[1] for l in losses[-200:]]):.3f}, "
         f"label loss {np.mean([l[2] for l in losses[-200:]]):.3f}"
-        + (f", pad loss {np.mean([l[-1] for l in losses[-200:]]):.4f}" if pw else "") + " (last 200 steps)")
+        + (f", pad loss {np.mean([l[3] for l in losses[-200:]]):.4f}" if pw else "")
+        + (f", bag-of-words loss {np.mean([l[4] for l in losses[-200:]]):.4f}" if bw else "") + " (last 200 steps)")
     return text_encoder.requires_grad_(False).eval()
 
 
@@ -518,6 +539,7 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
             "text_label_weight": a.text_label_weight if a.text_encoder == "frozen" else None,
             "text_pad_weight": a.text_pad_weight if a.text_encoder == "frozen" else None,
             "text_pad_from": a.text_pad_from if a.text_encoder == "frozen" and a.text_pad_weight else None,
+            "text_bow_weight": a.text_bow_weight if a.text_encoder == "frozen" else None,
             "reused_vae": a.reuse_vae,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
@@ -530,9 +552,11 @@ def cmd_train(a):
         sys.exit(f"--pad-dropout is a share of the captions, from 0 to 1; got {a.pad_dropout}")
     if a.text_pad_weight < 0:
         sys.exit(f"--text-pad-weight is a loss weight, 0 or more; got {a.text_pad_weight}")
-    if a.text_pad_from == "eos" and a.text_pad_weight and a.text_label_weight:
-        sys.exit("--text-pad-from eos makes the first EOS the empty prompt's, so it cannot also name the labels: "
-                 "give --text-label-weight 0")
+    if a.text_bow_weight < 0:
+        sys.exit(f"--text-bow-weight is a loss weight, 0 or more; got {a.text_bow_weight}")
+    if a.text_pad_from == "eos" and a.text_pad_weight and (a.text_label_weight or a.text_bow_weight):
+        sys.exit("--text-pad-from eos makes the first EOS the empty prompt's, so it cannot also name the labels or "
+                 "the words: give --text-label-weight 0 and --text-bow-weight 0")
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
     d = stage_data(a)
@@ -725,6 +749,9 @@ def main(argv=None):
                    help="weight of the text stage's loss that makes the padding the empty prompt's (0: padding free)")
     t.add_argument("--text-pad-from", default=TEXT_PAD_FROM, choices=["pad", "eos"],
                    help="pad: the pad loss covers the positions after the first EOS; eos: the first EOS too")
+    t.add_argument("--text-bow-weight", type=float, default=TEXT_BOW_WEIGHT,
+                   help="weight of a text-stage loss that makes the first EOS name every word of its caption, as "
+                        "CLIP's pooled output behaves like a bag of words (0: off)")
     t.add_argument("--pad-dropout", type=float, default=PAD_DROPOUT,
                    help="share of captions whose first EOS and padding the UNet sees as the empty prompt's, so that "
                         "it learns to read the words (SD's UNet ignores the padding)")

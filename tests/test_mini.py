@@ -1,6 +1,8 @@
 """Integration tests on the committed mini world (mini/): it loads as a plain diffusers pipeline, generates
 deterministically, its judge is accurate on fresh pictures, and it draws what it is asked to."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import judges
 import mini
 import sd as sdlib
 from conftest import MINI_PIPELINE, needs_mini
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = needs_mini
 
@@ -129,6 +133,52 @@ def test_text_pad_weight_makes_the_padding_the_empty_prompts(tmp_path):
     free = gaps[0.0, "pad"]
     assert gaps[1.0, "pad"]["pads"] < 0.5 * free["pads"], gaps
     assert gaps[1.0, "eos"]["pads"] < 0.5 * free["pads"] and gaps[1.0, "eos"]["first EOS"] < 0.5 * free["first EOS"]
+
+
+def test_text_bow_weight_makes_the_first_eos_name_its_words(tmp_path):
+    """mini.py train --text-bow-weight: the text stage trains a head that reads the caption's words from the first
+    EOS (on fresh captions it scores a caption's own words above the others), and its loss falls; with weight 0
+    there is no such head (the committed recipe's heads and their initialisation are unchanged). Bad weights are
+    refused in one line."""
+    import argparse
+    tok = mini.build_tokenizer(str(tmp_path / "tok"))
+    d = {"y_train": data.sample_labels(500, np.random.default_rng(0))}
+    for bw in (0.0, 1.0):
+        work = str(tmp_path / f"bow{bw:g}")
+        os.makedirs(work)
+        te = mini.stage_text(argparse.Namespace(work=work, seed=0, text_steps=60 if bw else 20, bf16=False,
+                                                text_pad_weight=0.0, text_label_weight=0.0, text_pad_from="pad",
+                                                text_bow_weight=bw), d, tok)
+        ck = mini.checkpoint.read(os.path.join(work, "text_ckpt.pt"))
+        bow = np.array([l[4] for l in ck["losses"]])
+        assert ("bow.weight" in ck["heads"]) == bool(bw)
+        assert ck["objective"].endswith("+words@eos x1") == bool(bw)
+        if not bw:
+            assert not bow.any()
+            continue
+        assert bow[-5:].mean() < bow[:5].mean() - 0.02, bow  # 60 steps are still in the warm-up
+        # on fresh captions the head scores a caption's own words above the words it does not hold
+        caps = data.captions_for(data.sample_labels(32, np.random.default_rng(5)), np.random.default_rng(6))
+        ids = tok(caps, padding="longest", return_tensors="pt").input_ids
+        with torch.no_grad():
+            h = te(ids)[0]
+        eos = h[torch.arange(len(h)), (ids == tok.eos_token_id).long().argmax(1)]
+        scores = eos @ ck["heads"]["bow.weight"].T + ck["heads"]["bow.bias"]
+        cls = {int(tid): k for k, tid in enumerate(ck["seen"])}
+        own = torch.zeros_like(scores, dtype=torch.bool)
+        for i, row in enumerate(ids):
+            for tid in row[1:int((row == tok.eos_token_id).long().argmax())]:
+                own[i, cls.get(int(tid), len(cls))] = True
+        scores = scores - scores.mean(0)  # each word's score against its mean over the captions: a bias says nothing
+        above = [scores[i][own[i]].mean() > scores[i][~own[i]].mean() for i in range(len(ids))]
+        assert np.mean(above) >= 0.9, (np.mean(above), above)
+    for bad, says in ((["--text-bow-weight", "-1"], "0 or more"),
+                      (["--text-bow-weight", "1", "--text-pad-weight", "1", "--text-pad-from", "eos",
+                        "--text-label-weight", "0"], "cannot also name")):
+        r = subprocess.run([sys.executable, "mini.py", "train", *bad, "--work", str(tmp_path / "x")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "x").exists()  # refused before anything is made
 
 
 def test_route_overlap_measures_the_committed_encoders_collapse():
