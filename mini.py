@@ -388,8 +388,8 @@ def stage_text(a, d, tokenizer):
         if bw:  # the first EOS names the set of its caption's word tokens (BOS and EOS excluded)
             words = (n_eos == 0) & (torch.arange(ids.shape[1]) > 0)
             bag = torch.zeros(len(ids), len(seen) + 2)  # one spare column takes the non-word positions
-            bag.scatter_(1, torch.where(words, cls[ids], len(seen) + 1), 1.0)
-            bag = bag[:, :-1] / bag[:, :-1].sum(1, keepdim=True)  # a distribution over the caption's words
+            bag = bag.scatter_(1, torch.where(words, cls[ids], len(seen) + 1), 1.0)[:, :-1]
+            bag = bag / bag.sum(1, keepdim=True)  # a distribution over the caption's words
             bow = -(bag * F.log_softmax(heads["bow"](eos), -1)).sum(1).mean()  # cross-entropy against it
         else:
             bow = torch.zeros(())

@@ -12,9 +12,7 @@ import data
 import judges
 import mini
 import sd as sdlib
-from conftest import MINI_PIPELINE, needs_mini
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import MINI_PIPELINE, ROOT, needs_mini
 
 pytestmark = needs_mini
 
