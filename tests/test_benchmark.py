@@ -12,7 +12,7 @@ import benchmark
 import evaluate
 import report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def bench(tiny_model, tmp_path, *more):

@@ -4,7 +4,7 @@ entry points, is the one module that imports them."""
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 GROUND = {"data", "lora", "losses"}  # import nothing of ours
 MIDDLE = {"sd"}  # the Stable Diffusion plumbing: nothing of ours either
 SHARED = {"judges", "inversion", "checkpoint", "report"}  # shared by the entry points

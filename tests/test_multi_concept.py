@@ -9,7 +9,7 @@ import pytest
 
 import data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def run(*args):

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 import sd as sdlib
-from conftest import build_tiny_pipeline
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, build_tiny_pipeline
 
 
 def test_save_load_round_trip(tmp_path, tokenizer_dir):

@@ -11,9 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 import sd as sdlib
-from conftest import uce_run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, uce_run
 
 
 def run(*args, ranks=1):
