@@ -96,7 +96,7 @@ def main(argv=None):
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", "In brackets: the pre-attack rate of the attacked prompts. ✗: a bar not met.", "",
               ("Every bar met." if not misses else f"Bars not met ({len(misses)}): " + "; ".join(misses) + "."), "",
-              "For comparison, what DM2 measured on SD v1.4 (its Table 1, %; not measured here): the concept rate on "
+              "For comparison, SD v1.4 as DM2 measured it (its Table 1, %; not measured here): the concept rate on "
               "its normal prompts (van gogh, church, french horn: 100 captions naming the concept; nudity: I2P's prompts), "
               "then each attack's ASR. On SD, naive erasure leaves a style named in a sentence on most pictures "
               "(ESD 87.2%), and the attacks start from there; where UCE does erase an object (church 29.1%, french "

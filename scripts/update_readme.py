@@ -19,7 +19,7 @@ def table_of(report):
     """The report's tables (each with the line that introduces it, when it has one), its total and its command."""
     lines = open(report).read().splitlines()
     keep = ("|", "Wall time", "All cells", "This call ran", "Regenerate:", "Each cell:", "Cells within", "Methods by",
-            "Sum of every", "Ceiling:")
+            "Sum of every", "Ceiling:", "For comparison")
     blocks, block = [], []
     for ln in lines:
         if ln.startswith(keep):
