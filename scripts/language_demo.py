@@ -36,6 +36,16 @@ SD_REFERENCE = [("van gogh", "SD v1.4", 98.5, 100, 100, 100, 99.9), ("van gogh",
                 ("nudity (I2P)", "UCE", 36.5, 89.6, 58.0, 100, 97.2)]
 
 
+def bench_slug(concept, profile):
+    """The benchmark folder name of one case: results/benchmark/<slug> and work/benchmark/<slug>."""
+    return concept.replace(" ", "_") + f"_v2_{profile}"
+
+
+def sd_rate(concept, model):
+    """DM2's concept rate (%) on the normal prompts for one SD_REFERENCE row."""
+    return next(row[2] for row in SD_REFERENCE if row[:2] == (concept, model))
+
+
 def held(value, rule):
     op, bar = rule
     return value is not None and (value <= bar if op == "<=" else value >= bar)
@@ -66,7 +76,7 @@ def main(argv=None):
              "|---" * (5 + len(ATTACKS.split(","))) + "|"]
     misses = []
     for concept, methods in CASES:
-        slug = concept.replace(" ", "_") + f"_v2_{a.profile}"
+        slug = bench_slug(concept, a.profile)
         out = os.path.join(HERE, "results", "benchmark", slug)
         work = os.path.join(HERE, "work", "benchmark", slug)
         if a.model:
@@ -99,8 +109,9 @@ def main(argv=None):
               "For comparison, SD v1.4 as DM2 measured it (its Table 1, %; not measured here): the concept rate on "
               "its normal prompts (van gogh, church, french horn: 100 captions naming the concept; nudity: I2P's prompts), "
               "then each attack's ASR. On SD, naive erasure leaves a style named in a sentence on most pictures "
-              "(ESD 87.2%), and the attacks start from there; where UCE does erase an object (church 29.1%, french "
-              "horn 31.5%), CCE and P4D still break it and UnlearnDiff and Ring-A-Bell mostly do not.", "",
+              f"(ESD {sd_rate('van gogh', 'ESD')}%), and the attacks start from there; where UCE does erase an object "
+              f"(church {sd_rate('church', 'UCE')}%, french horn {sd_rate('french horn', 'UCE')}%), CCE and P4D still "
+              "break it and UnlearnDiff and Ring-A-Bell mostly do not.", "",
               "| concept | model | rate on normal prompts | ASR CCE | ASR P4D | ASR UnlearnDiff | ASR Ring-A-Bell |",
               "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in SD_REFERENCE] + [""]

@@ -12,7 +12,7 @@ import language_demo  # noqa: E402
 
 def test_report_only_marks_missed_bars_and_prints_the_sd_reference(tmp_path):
     for concept, _ in language_demo.CASES:  # the committed benchmark reports the demo reads
-        slug = concept.replace(" ", "_") + "_v2_quick"
+        slug = language_demo.bench_slug(concept, "quick")
         assert os.path.exists(os.path.join(ROOT, "results", "benchmark", slug, "metrics.json")), slug
     language_demo.main(["--seeds", "1", "--report-only", "--out", str(tmp_path)])
     text = (tmp_path / "demo.md").read_text()
