@@ -417,6 +417,18 @@ def stage_text(a, d, tokenizer):
     return text_encoder.requires_grad_(False).eval()
 
 
+def stage_frozen_text(a, d, tokenizer):
+    """The frozen text encoder the UNet trains under: --reuse-text's folder, else the text stage's; None for joint."""
+    if a.text_encoder != "frozen":
+        return None
+    if not getattr(a, "reuse_text", None):
+        return stage_text(a, d, tokenizer)
+    from transformers import CLIPTextModel  # a trained encoder, e.g. to go on fine-tuning a candidate's UNet under it
+    text_encoder = CLIPTextModel.from_pretrained(a.reuse_text, dtype=torch.float32).requires_grad_(False).eval()
+    log(f"text encoder: reused {a.reuse_text} (no text stage)")
+    return text_encoder
+
+
 def clean_from_eos(cond, clean, eos, rows):
     """cond (B, 77, D) with every position from the first EOS on (eos: (B,) its index) replaced by clean's (1, 77, D)
     in the rows where rows (B,) is True: those captions say what they say through their words alone."""
@@ -540,7 +552,7 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
             "text_pad_weight": a.text_pad_weight if a.text_encoder == "frozen" else None,
             "text_pad_from": a.text_pad_from if a.text_encoder == "frozen" and a.text_pad_weight else None,
             "text_bow_weight": a.text_bow_weight if a.text_encoder == "frozen" else None,
-            "reused_vae": a.reuse_vae,
+            "reused_vae": a.reuse_vae, "reused_text": a.reuse_text,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
@@ -563,6 +575,11 @@ def cmd_train(a):
     if a.text_pad_from == "eos" and a.text_pad_weight and (a.text_label_weight or a.text_bow_weight):
         sys.exit("--text-pad-from eos makes the first EOS the empty prompt's, so it cannot also name the labels or "
                  "the words: give --text-label-weight 0 and --text-bow-weight 0")
+    if a.reuse_text and a.text_encoder != "frozen":
+        sys.exit("--reuse-text takes a frozen encoder; with --text-encoder joint the UNet stage trains its own")
+    if a.reuse_text and not os.path.exists(os.path.join(a.reuse_text, "config.json")):
+        sys.exit(f"--reuse-text {a.reuse_text}: no config.json there; give a text_encoder folder, e.g. "
+                 "mini/candidate_bow/pipeline/text_encoder")
     torch.set_num_threads(a.threads)
     if a.bf16 is None:
         a.bf16 = native_bf16()
@@ -574,7 +591,7 @@ def cmd_train(a):
     vae = stage_vae(a, d)
     lat = stage_latents(a, d, vae)
     stage_judge(a, d, lat)
-    frozen_text = stage_text(a, d, tokenizer) if a.text_encoder == "frozen" else None
+    frozen_text = stage_frozen_text(a, d, tokenizer)
     unet, text_encoder, losses = stage_unet(a, d, lat, tokenizer, vae, frozen_text)
     stage_export(a, vae, unet.eval(), text_encoder.eval(), tokenizer, losses)
 
@@ -749,6 +766,9 @@ def main(argv=None):
     t.add_argument("--reuse-vae", default=None, metavar="DIR",
                    help="take the VAE from this diffusers folder instead of training one (the pictures are unchanged: "
                         "mini/pipeline/vae)")
+    t.add_argument("--reuse-text", default=None, metavar="DIR",
+                   help="take the frozen text encoder from this folder instead of pretraining one (the --text-* "
+                        "settings then only record how it was made)")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="initialise the UNet and text encoder from this pipeline folder (fine-tune) instead of at random")
     t.add_argument("--text-encoder", default=TEXT_ENCODER, choices=["frozen", "joint"],

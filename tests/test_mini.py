@@ -227,3 +227,25 @@ def test_pad_probe_variants_swap_the_positions_they_name():
     kept = {v: probe.mixed(cond, clean, eos, v)[0, :, 0].tolist() for v in probe.VARIANTS}
     assert kept == {"full": [1, 1, 1, 1, 1], "words + EOS": [1, 1, 1, 0, 0], "words": [1, 1, 0, 0, 0],
                     "EOS + pads": [1, 0, 1, 1, 1]}
+
+
+def test_reuse_text_loads_that_encoder_frozen_and_refuses_bad_folders(tmp_path, capsys):
+    """mini.py train --reuse-text DIR: the UNet stage gets DIR's encoder, equal weight for weight and frozen, with no
+    text stage run; a folder without a config, or --text-encoder joint, is refused in one line before any work."""
+    import argparse
+    torch.manual_seed(3)
+    saved = mini.build_text_encoder()
+    saved.save_pretrained(tmp_path / "te")
+    a = argparse.Namespace(text_encoder="frozen", reuse_text=str(tmp_path / "te"), work=str(tmp_path / "w"))
+    got = mini.stage_frozen_text(a, None, None)  # no data, no tokenizer: the text stage must not run
+    assert not any(p.requires_grad for p in got.parameters())
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, got.state_dict()[k]), k
+    assert not (tmp_path / "w").exists()
+    base = ["train", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]
+    for extra, words in ((["--reuse-text", str(tmp_path), "--text-encoder", "frozen"], "no config.json"),
+                         (["--reuse-text", str(tmp_path / "te"), "--text-encoder", "joint"], "frozen encoder")):
+        with pytest.raises(SystemExit) as e:
+            mini.main(base + extra)
+        assert words in str(e.value)
+    assert not (tmp_path / "w").exists()
