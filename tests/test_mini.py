@@ -229,7 +229,7 @@ def test_pad_probe_variants_swap_the_positions_they_name():
                     "EOS + pads": [1, 0, 1, 1, 1]}
 
 
-def test_reuse_text_loads_that_encoder_frozen_and_refuses_bad_folders(tmp_path, capsys):
+def test_reuse_text_loads_that_encoder_frozen_and_refuses_bad_folders(tmp_path):
     """mini.py train --reuse-text DIR: the UNet stage gets DIR's encoder, equal weight for weight and frozen, with no
     text stage run; a folder without a config, or --text-encoder joint, is refused in one line before any work."""
     import argparse
@@ -239,8 +239,9 @@ def test_reuse_text_loads_that_encoder_frozen_and_refuses_bad_folders(tmp_path, 
     a = argparse.Namespace(text_encoder="frozen", reuse_text=str(tmp_path / "te"), work=str(tmp_path / "w"))
     got = mini.stage_frozen_text(a, None, None)  # no data, no tokenizer: the text stage must not run
     assert not any(p.requires_grad for p in got.parameters())
+    loaded = got.state_dict()
     for k, v in saved.state_dict().items():
-        assert torch.equal(v, got.state_dict()[k]), k
+        assert torch.equal(v, loaded[k]), k
     assert not (tmp_path / "w").exists()
     base = ["train", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]
     for extra, words in ((["--reuse-text", str(tmp_path), "--text-encoder", "frozen"], "no config.json"),
