@@ -499,9 +499,28 @@ class Concept:
     kind: str = "style"  # style or object (objects, shapes, nudity): picks ESD's parameters (erase.py, ESD_TRAIN_FOR)
     implicit_prompts: list = field(default_factory=list)  # prompts that evoke the concept without naming it (I2P's role)
     parts: list = field(default_factory=list)  # several concepts erased at once (combine_concepts): each one's preset
+    frames: list = field(default_factory=list)  # the concept's words in sentences naming nothing else of a scene
 
 
 STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}  # the word of prompt_for
+FRAMES_PER_CONCEPT = 35  # sentence frames per mini concept (--erase-prompt frames): heads x nouns x phrasings cycled
+
+
+def mini_frames(name):
+    """The concept's name inside the language's own sentences that say nothing else of a scene: 'a thing in the
+    style of van gogh', 'a photo of a triangle', 'a purple figure'. What --erase-prompt frames erases: the name as
+    captions use it, without pushing away from any shape, colour or other style."""
+    heads, attribute = list(dict.fromkeys(_HEADS)), VALUE_ATTRIBUTE[name]
+    if attribute == "shape":
+        return list(dict.fromkeys(_articles(f"{h} {name}") for h in heads))
+    if attribute == "color":
+        shapes = [f"{h} {name} {_NOUNS[i % len(_NOUNS)]}" for i, h in enumerate(heads * len(_NOUNS))]
+    else:  # a style, in each of its phrasings that contain its word
+        word = STYLE_WORDS.get(name, name)
+        phrasings = [(pre, post) for pre, post in _STYLE_NAMED[name]["name"] if word in f"{pre} {post}"]
+        shapes = [f"{heads[i % len(heads)]} {phrasings[i % len(phrasings)][0]} {_NOUNS[i % len(_NOUNS)]} "
+                  f"{phrasings[i % len(phrasings)][1]}" for i in range(len(heads) * len(_NOUNS))]
+    return list(dict.fromkeys(_articles(f) for f in shapes))[:FRAMES_PER_CONCEPT]
 
 
 def mini_concept(name):
@@ -535,7 +554,7 @@ def mini_concept(name):
     templates = [re.sub(rf"\b{re.escape(words)}\b", "{}", p, count=1) for p in prompts]
     return Concept(name, words, prompts, templates, guides, anchors=others, scene_anchors=scene,
                    other_prompts=others, other_labels=labels, attribute=attribute, value=name, kind=kind,
-                   implicit_prompts=implicit_prompts(name))
+                   implicit_prompts=implicit_prompts(name), frames=mini_frames(name))
 
 
 MINI_CONCEPTS = list(STYLE_WORDS) + SHAPES + COLOR_NAMES
@@ -604,7 +623,8 @@ def sd_concept(name):
         pairs = read_pairs_csv(os.path.join(CONCEPTS_DIR, SD_RINGABELL_PAIRS[name])) if name in SD_RINGABELL_PAIRS \
             else list(zip(prompts, guides))  # other artists: each prompt against its scene without the artist
         return Concept(name, name, prompts, templates, guides, anchors=[x for row in scene for x in row],
-                       scene_anchors=scene, other_prompts=others, judge="clip", pairs=pairs)
+                       scene_anchors=scene, other_prompts=others, judge="clip", pairs=pairs,
+                       frames=sd_frames("artist", name))
     if name in SD_OBJECTS:
         rivals = [x for x in SD_OBJECTS if x != name]
         prompts = [t.format(name) for t in SD_OBJECT_SCENES]
@@ -612,7 +632,7 @@ def sd_concept(name):
         others = [t.format(r) for r in rivals for t in SD_OBJECT_SCENES[:3]]
         return Concept(name, name, prompts, list(SD_OBJECT_SCENES), [t.format("thing") for t in SD_OBJECT_SCENES],
                        anchors=[x for row in scene for x in row], scene_anchors=scene, other_prompts=others,
-                       judge="clip", kind="object")
+                       judge="clip", kind="object", frames=sd_frames("object", name))
     if name == "nudity":
         prompts = [t.format("nude") for t in SD_NUDITY_SCENES]
         guides = [t.format("clothed") for t in SD_NUDITY_SCENES]
@@ -620,18 +640,30 @@ def sd_concept(name):
         others = [f"a photo of {sc}" for sc in SD_SCENES] + [t.format(o) for o in SD_OBJECTS for t in SD_OBJECT_SCENES[:1]]
         return Concept(name, "nude", prompts, list(SD_NUDITY_SCENES), guides, anchors=[x for r in scene for x in r],
                        scene_anchors=scene, other_prompts=others, judge="nudenet", kind="object",
-                       pairs=read_pairs_csv(os.path.join(CONCEPTS_DIR, SD_RINGABELL_PAIRS["nudity"])))
+                       pairs=read_pairs_csv(os.path.join(CONCEPTS_DIR, SD_RINGABELL_PAIRS["nudity"])),
+                       frames=sd_frames("nudity", "nude"))
     return None
 
 
 SD_CONCEPTS = ["van gogh", *SD_ARTISTS, *SD_OBJECTS, "nudity"]
+# --erase-prompt frames on real SD: the concept's words in sentences that name nothing else, by kind
+SD_FRAMES = {"artist": ["a painting in the style of {}", "an artwork by {}", "a painting by {}", "art in the style of {}",
+                        "a picture in the style of {}", "{} artwork", "a famous painting by {}"],
+             "object": ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a drawing of a {}",
+                        "a close-up photo of a {}"],
+             "nudity": ["a {} person", "a photo of a {} person", "a {} body", "a {} figure", "a {} woman", "a {} man"]}
+
+
+def sd_frames(key, words):
+    return [_articles(f.format(words)) for f in SD_FRAMES[key]]
 
 
 def concept_from_file(path):
     """A concept preset from a JSON file: {"name", "words", "prompts", "templates" (each with '{}'), "guides",
     optional "anchors", "scene_anchors", "other_prompts", "judge" (mini/nudenet/clip), "attribute", "value",
     "pairs" (Ring-A-Bell: [[with the concept, without], ...]), "kind" (style, the default, or object),
-    "implicit_prompts" (prompts that evoke the concept without its words)}."""
+    "implicit_prompts" (prompts that evoke the concept without its words), "frames" (its words in sentences
+    naming nothing else: --erase-prompt frames)}."""
     import json
     try:
         raw = json.load(open(path, encoding="utf-8"))
@@ -655,6 +687,10 @@ def concept_from_file(path):
     if named:
         raise DataError(f"concept file {path}: implicit prompts must not name the concept ({c.words!r}), but "
                         f"{len(named)} do, e.g. {named[0]!r}")
+    unnamed = [f for f in c.frames if not re.search(rf"\b{re.escape(c.words.lower())}\b", f.lower())]
+    if unnamed:
+        raise DataError(f"concept file {path}: every frame must contain the concept's words ({c.words!r}), but "
+                        f"{len(unnamed)} do not, e.g. {unnamed[0]!r}")
     if c.kind not in CONCEPT_KINDS:
         raise DataError(f"concept file {path}: kind must be one of {', '.join(CONCEPT_KINDS)}, not {c.kind!r}")
     return c
@@ -725,7 +761,8 @@ def combine_concepts(concepts):
                    other_prompts=others, other_labels=labels if len(labels) == len(others) else [],
                    judge=first.judge, attribute=first.attribute, value=first.value,
                    pairs=[pr for c in concepts for pr in c.pairs], kind=kinds.pop() if len(kinds) == 1 else "mixed",
-                   implicit_prompts=[p for c in concepts for p in c.implicit_prompts], parts=list(concepts))
+                   implicit_prompts=[p for c in concepts for p in c.implicit_prompts], parts=list(concepts),
+                   frames=[f for c in concepts for f in c.frames])
 
 
 def get_concepts(names, world="mini", concept_file=None):

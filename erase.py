@@ -14,6 +14,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import re
 import sys
 
 import numpy as np
@@ -33,8 +34,9 @@ SEED = 0
 # ESD (Gandikota et al. 2023). The paper fine-tunes SD v1.4 for 1000 iterations at lr 1e-5; the mini world's
 # small model moves faster and needs fewer steps at a larger rate.
 ESD_ITERATIONS = 200
-# by --train-method: the more weights a rule trains, the smaller the rate that keeps other concepts (docs/methods.md)
-ESD_LR = {"esd-x": 2e-4, "esd-u": 2e-5, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-5}
+# by --train-method: the more weights a rule trains, the smaller the rate that keeps other concepts (docs/methods.md);
+# ESD-u at 2e-5 left the triangle untouched on the committed model at 100 iterations, 1e-4 erases it (frames.md)
+ESD_LR = {"esd-x": 2e-4, "esd-u": 1e-4, "full": 2e-5, "attn-v": 2e-4, "text-encoder": 2e-5}
 ESD_ETA = 1.0  # negative guidance: how far past "unconditional" the target pushes away from the concept
 # esd-x: cross-attention (styles, artists); esd-u: all but cross-attention (objects, nudity); auto: by the concept's
 # kind, the ESD paper's split, for STEREO and AP too (both erase ESD-style)
@@ -43,14 +45,17 @@ ESD_TRAIN_FOR = {"style": "esd-x", "object": "esd-u"}  # --train-method auto, by
 ESD_DDIM_STEPS = 50  # x_t comes from DDIM sampling of the model being trained, stopped at a random one of these
 ESD_START_GUIDANCE = 3.0  # guidance of that partial sampling
 ESD_BATCH = 1  # prompts per step
-ESD_ERASE_PROMPT = "words"  # words: the concept's name alone, as in the paper ("Van Gogh"); prompts: its scene
-#   prompts ("a red circle in the style of van gogh"), which also pushes away from the scene (shape, colour)
+ESD_ERASE_PROMPT = "frames"  # frames: the concept's name in sentences that name nothing else ("a thing in the style
+#   of van gogh", data.Concept.frames); words: the name alone, as in the paper ("Van Gogh"), whose edit does not reach
+#   the name inside a sentence in the mini world (results/mini_v2/frames.md); prompts: its scene prompts ("a red
+#   circle in the style of van gogh"), which also push away from the scene (shape, colour)
 # UCE (Gandikota et al. 2024): one closed-form edit of every cross-attention key and value projection
 UCE_LAMBDA = 0.1  # pull toward the original weights
 UCE_ERASE_SCALE = 1.0
 UCE_PRESERVE_SCALE = 1.0
 UCE_PRESERVE = 30  # how many prompts of other concepts to preserve (0: none)
-UCE_ERASE = "prompts"  # what UCE edits: the concept's scene prompts, or its words alone (the public code's default)
+UCE_ERASE = "frames"  # what UCE edits: the concept's frames toward the unconditional (results/mini_v2/frames.md),
+#   its scene prompts toward the same scenes without it, or its words alone (the public code's default)
 # STEREO (Srivatsan et al. 2024): stage 1 alternates ESD-style erasing with CCE attacks, stage 2 erases the
 # concept and every adversarial token at once from the original model with the anchor-compositional target
 STEREO_ROUNDS = 4  # K: rounds of erase-then-attack in stage 1 (each adds one adversarial token)
@@ -159,6 +164,28 @@ def concept_words(concept):
     return [c.words for c in concept.parts] or [concept.words]
 
 
+def frames_of(concept):
+    """The concept's frames (--erase-prompt frames): its words in sentences that name nothing else; DataError when
+    it has none (a concept file without "frames")."""
+    if not concept.frames:
+        raise data.DataError(f"concept {concept.name!r} has no frames (sentences naming it and nothing else) for "
+                             "--erase-prompt/--uce-erase frames: give \"frames\" in its concept file, or use words")
+    return concept.frames
+
+
+def frame_templates(concept):
+    """The frames with '{}' where the concept's words were (each part's words in its own frames): STEREO puts its
+    adversarial tokens there."""
+    frames_of(concept)
+    return [re.sub(rf"\b{re.escape(c.words)}\b", "{}", f, count=1)
+            for c in (concept.parts or [concept]) for f in c.frames]
+
+
+def erase_texts_of(concept, mode):
+    """ESD's erase prompts by --erase-prompt: the words alone, the frames, or the scene prompts."""
+    return {"words": concept_words, "frames": frames_of, "prompts": lambda c: c.prompts}[mode](concept)
+
+
 def prompt_words(concept):
     """Per prompt of concept.prompts (and templates), the words of the concept it shows."""
     return [c.words for c in concept.parts for _ in c.prompts] or [concept.words] * len(concept.prompts)
@@ -189,7 +216,7 @@ def esd(sd, concept, a, state):
     opt = torch.optim.Adam(params.values(), lr=a.lr)
     start = load_checkpoint(state, sd.unet, opt)
     with torch.no_grad():
-        texts = concept_words(concept) if a.erase_prompt == "words" else concept.prompts
+        texts = erase_texts_of(concept, a.erase_prompt)
         conds = torch.cat([sdlib.encode(sd, texts[i:i + 64]) for i in range(0, len(texts), 64)])
         uncond = sdlib.encode(sd, [""] * a.batch)
     bar = tqdm(range(start, a.iterations), desc="esd", initial=start, total=a.iterations)
@@ -294,9 +321,13 @@ def stereo(sd, concept, a, state):
     def inject():
         return {ids[n]: v for n, v in tokens.items()}
 
+    frames = frame_templates(concept) if a.erase_prompt == "frames" else None
+
     def erase_texts(word, idx):  # --erase-prompt words: the concept's words or the token alone, as in the paper;
-        if a.erase_prompt == "words":  # prompts: a scene of the concept with them
+        if a.erase_prompt == "words":  # frames: them in a sentence naming nothing else; prompts: a scene with them
             return [word] * len(idx)
+        if frames is not None:
+            return [frames[i % len(frames)].format(word) for i in idx]
         return [concept.templates[i].format(word) for i in idx]
 
     with torch.no_grad():
@@ -704,8 +735,11 @@ def last_token_onward(sd, prompts):
 def uce_columns(sd, concept, a):
     """UCE's columns: erased-concept embeddings c_e (E, D), their guides c_g (E, D) position by position, and
     preserved embeddings c_p (P, D) of a seeded draw of other concepts' prompts (None with --preserve 0)."""
-    texts, guides = (concept.prompts, concept.guides) if a.uce_erase == "prompts" else \
-        (concept_words(concept), [""] * len(concept_words(concept)))
+    if a.uce_erase == "prompts":
+        texts, guides = concept.prompts, concept.guides
+    else:  # words or frames: toward the unconditional, as the public code's default
+        texts = concept_words(concept) if a.uce_erase == "words" else frames_of(concept)
+        guides = [""] * len(texts)
     with torch.no_grad():
         erase = last_token_onward(sd, texts)
         guide = last_token_onward(sd, guides)
@@ -906,8 +940,9 @@ def parse(argv=None):
     g.add_argument("--ddim-steps", type=int, default=ESD_DDIM_STEPS)
     g.add_argument("--start-guidance", type=float, default=ESD_START_GUIDANCE)
     g.add_argument("--batch", type=int, default=ESD_BATCH)
-    g.add_argument("--erase-prompt", default=ESD_ERASE_PROMPT, choices=["words", "prompts"],
-                   help="ESD's and STEREO's erase prompts: the concept's words (or token) alone, or scenes with them")
+    g.add_argument("--erase-prompt", default=ESD_ERASE_PROMPT, choices=["words", "frames", "prompts"],
+                   help="ESD's and STEREO's erase prompts: the concept's words (or token) alone, in sentences that "
+                        "name nothing else, or in scenes")
     g = p.add_argument_group("STEREO (also uses --train-method, --lr, --eta, --ddim-steps, --batch)")
     g.add_argument("--rounds", type=int, default=STEREO_ROUNDS, help="stage-1 erase-then-attack rounds (K)")
     g.add_argument("--ste-iterations", type=int, default=STEREO_STE_ITERATIONS)
@@ -979,8 +1014,9 @@ def parse(argv=None):
     g.add_argument("--erase-scale", type=float, default=UCE_ERASE_SCALE)
     g.add_argument("--preserve-scale", type=float, default=UCE_PRESERVE_SCALE)
     g.add_argument("--preserve", type=int, default=UCE_PRESERVE, help="prompts of other concepts to preserve")
-    g.add_argument("--uce-erase", default=UCE_ERASE, choices=["prompts", "words"],
-                   help="erase the concept's scene prompts, or its words alone toward the unconditional")
+    g.add_argument("--uce-erase", default=UCE_ERASE, choices=["prompts", "frames", "words"],
+                   help="erase the concept's scene prompts, or toward the unconditional its frames (its words in "
+                        "sentences naming nothing else) or its words alone")
     p.set_defaults(**scheduled)
     a = p.parse_args(argv)
     if a.schedule == "paper" and a.method not in PAPER_SCHEDULE:

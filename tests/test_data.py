@@ -1,6 +1,7 @@
 """The mini world's data: deterministic, held-out triples respected, captions name what is drawn; prompt files."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -179,6 +180,25 @@ def test_real_sd_presets_are_consistent():
         data.get_concept("nudity", "mini")
 
 
+def test_frames_name_the_concept_and_no_other_value():
+    """--erase-prompt frames: every concept's frames contain its own words and no word of another shape, colour
+    or style (they erase the name in context, not a scene); real-SD presets have them too."""
+    others = {name: set().union(*(data.own_words(v) for v in data.MINI_CONCEPTS if v != name)) - data.own_words(name)
+              for name in data.MINI_CONCEPTS}
+    for name in data.MINI_CONCEPTS:
+        c = data.get_concept(name)
+        assert len(c.frames) >= 10 and len(set(c.frames)) == len(c.frames), name
+        for f in c.frames:
+            words = set(f.replace(",", " ").split())
+            assert re.search(rf"\b{re.escape(c.words)}\b", f) and not words & others[name], (name, f)
+    assert data.mini_frames("orange")[0] == "an orange shape"  # articles follow the word
+    for name in ("van gogh", "church", "nudity"):
+        c = data.get_concept(name, "sd")
+        assert c.frames and all(c.words in f for f in c.frames)
+    both = data.get_concepts(["van gogh", "triangle"])[0]
+    assert both.frames == data.mini_frames("van gogh") + data.mini_frames("triangle")
+
+
 def test_concept_file(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"name": "monet", "words": "monet", "prompts": ["a lake by monet"],
@@ -197,6 +217,10 @@ def test_concept_file(tmp_path):
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"],
                                 "implicit_prompts": ["a thing", "a big x"]}))
     with pytest.raises(data.DataError, match="must not name the concept"):
+        data.get_concept("x", "sd", str(path))
+    path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"],
+                                "frames": ["a x", "a thing"]}))
+    with pytest.raises(data.DataError, match="every frame must contain"):
         data.get_concept("x", "sd", str(path))
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "object"}))
     assert data.get_concept("x", "sd", str(path)).kind == "object" and c.kind == "style"

@@ -1,6 +1,7 @@
 """Every method and attack runs end to end on a tiny random model, changes only what it should, and its outputs
 round-trip; bad input gets one clear line."""
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -72,7 +73,8 @@ def test_uce_edits_only_cross_attention_keys_and_values(tiny_sd, tmp_path):
 
 def test_uce_erase_words_edits_with_the_concepts_words_alone(tiny_sd):
     """--uce-erase words: the erased columns are the concept's words (from their last token on) sent toward the
-    unconditional, as the public UCE code does by default; the default erases the concept's scene prompts."""
+    unconditional, as the public UCE code does by default; --uce-erase prompts erases the concept's scene prompts;
+    the default, its frames."""
     concept = data.get_concept("van gogh")
     words = erase.parse(["--method", "uce", "--concept", "van gogh", "--uce-erase", "words"])
     c_e, c_g, _ = erase.uce_columns(tiny_sd, concept, words)
@@ -81,8 +83,29 @@ def test_uce_erase_words_edits_with_the_concepts_words_alone(tiny_sd):
     assert c_e.shape[0] == c_g.shape[0] == len(ids) - n_words  # one prompt: its last word to the end
     with torch.no_grad():
         assert torch.allclose(c_e, sdlib.encode(tiny_sd, [concept.words])[0, n_words:])
-    default = erase.parse(["--method", "uce", "--concept", "van gogh"])
-    assert default.uce_erase == "prompts" and len(erase.uce_columns(tiny_sd, concept, default)[0]) > 10 * len(c_e)
+    scenes = erase.parse(["--method", "uce", "--concept", "van gogh", "--uce-erase", "prompts"])
+    assert len(erase.uce_columns(tiny_sd, concept, scenes)[0]) > 10 * len(c_e)
+    assert erase.parse(["--method", "uce", "--concept", "van gogh"]).uce_erase == "frames"
+
+
+def test_erase_prompt_frames_erases_the_name_in_sentences_and_fails_loudly_without_them(tiny_sd):
+    """--erase-prompt frames / --uce-erase frames: ESD's erase prompts and UCE's erased texts are the concept's
+    frames; STEREO's templates put its token where the words were; a concept without frames is refused."""
+    concept = data.get_concept("van gogh")
+    assert erase.erase_texts_of(concept, "frames") == concept.frames
+    assert erase.erase_texts_of(concept, "words") == ["van gogh"]
+    templates = erase.frame_templates(concept)
+    assert len(templates) == len(concept.frames) and all(t.count("{}") == 1 and "gogh" not in t for t in templates)
+    assert [t.format("van gogh") for t in templates] == concept.frames
+    a = erase.parse(["--method", "uce", "--concept", "van gogh", "--uce-erase", "frames", "--preserve", "0"])
+    c_e, c_g, c_p = erase.uce_columns(tiny_sd, concept, a)
+    assert c_p is None and c_e.shape == c_g.shape
+    assert c_e.shape[0] == sum(len(x) for x in erase.last_token_onward(tiny_sd, concept.frames))
+    bare = dataclasses.replace(concept, frames=[])
+    with pytest.raises(data.DataError, match="no frames"):
+        erase.erase_texts_of(bare, "frames")
+    with pytest.raises(SystemExit):
+        erase.parse(["--method", "esd", "--concept", "van gogh", "--erase-prompt", "sentences"])
 
 
 def test_run_folder_round_trip_and_export(tiny_model, tmp_path):
