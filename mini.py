@@ -48,15 +48,17 @@ VISUAL_STOPLIST = set("""pink brown round oval hexagon stripe stripes spot spots
     painting painted paint shape shapes gold silver blonde rainbow""".split())
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
 CHECKPOINT_EVERY = 250  # UNet steps between resumable checkpoints
-# joint: the text encoder learns with the UNet (the committed v2 model). frozen: as SD's CLIP, it is pretrained apart
-# (on the captions alone) and frozen while the UNet learns; scripts/route_overlap.py shows why (docs/methods.md).
-TEXT_ENCODER = "joint"
+# frozen: as SD's CLIP, the text encoder is pretrained apart (on the captions alone) and frozen while the UNet learns
+# (the committed model); joint: it learns with the UNet (mini world v2's first model); scripts/route_overlap.py
+# shows why frozen (docs/methods.md)
+TEXT_ENCODER = "frozen"
 TEXT_STEPS, TEXT_BATCH, TEXT_LR = 800, 128, 1e-3  # caption-only pretraining; both losses level off by about 600 steps
 # CLIP's analogue: the first EOS position (CLIP's pooled output) also names what the caption's picture shows (its shape,
 # colour, style and background labels), as CLIP's contrastive loss ties it to the image; the word positions keep
 # naming their tokens. Without it the encoder's outputs hold colour poorly (a linear probe of colour on their mean:
 # 0.52, against 0.83 for the jointly trained encoder) and the UNet trained under it did not learn colour.
-TEXT_LABEL_WEIGHT = 1.0  # weight of that label loss (0: words only, the objective before)
+TEXT_LABEL_WEIGHT = 0.1  # weight of that label loss (0: words only; the committed model's encoder: 0.1 with the bag
+#   of words below, which then carries what the caption says and the labels only a little)
 # weight of a loss that pulls every position after the first EOS toward the empty prompt's output there, so that the
 # padding says almost nothing (SD's UNet ignores CLIP's padding: Toker et al. 2025); 0: the padding is left free
 TEXT_PAD_WEIGHT = 0.0
@@ -66,8 +68,8 @@ TEXT_PAD_FROM = "pad"
 # weight of a loss that makes the first EOS name every word token of its caption (its bag of words, as a
 # distribution): CLIP's pooled text embedding behaves much like a bag of words (Yuksekgonul et al., ICLR 2023), so
 # a prompt's summary differs with its words ("starry cypress" is not "van gogh") instead of collapsing to its
-# picture's labels; 0: off
-TEXT_BOW_WEIGHT = 0.0
+# picture's labels (the committed model's encoder); 0: off
+TEXT_BOW_WEIGHT = 1.0
 
 # SD v1.4's noise schedule, exactly
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -579,7 +581,7 @@ def cmd_train(a):
         sys.exit("--reuse-text takes a frozen encoder; with --text-encoder joint the UNet stage trains its own")
     if a.reuse_text and not os.path.exists(os.path.join(a.reuse_text, "config.json")):
         sys.exit(f"--reuse-text {a.reuse_text}: no config.json there; give a text_encoder folder, e.g. "
-                 "mini/candidate_bow/pipeline/text_encoder")
+                 "mini/pipeline/text_encoder")
     torch.set_num_threads(a.threads)
     if a.bf16 is None:
         a.bf16 = native_bf16()
