@@ -416,7 +416,7 @@ def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
     mini world's caption grammar.
 
     A style: the same shape and colour with the style's words and plain ('a red circle in the style of van gogh',
-    'a red circle'). A shape: the same colour and style with the shape swapped for each other shape (swap), or for
+    'a red circle'). A colour: the same scene with and without it ('a striped purple star', 'a striped star'). A shape: the same colour and style with the shape swapped for each other shape (swap), or for
     the word 'shape' (the mini world's text encoder never saw that word, so it is no neutral point there)."""
     if concept.pairs:
         return list(concept.pairs)
@@ -427,8 +427,11 @@ def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
         others = [s for s in data.SHAPES if s != concept.value] if shape_pairs == "swap" else ["shape"]
         return [(data.prompt_for(concept.value, c, st), data.prompt_for(o, c, st))
                 for c in data.COLOR_NAMES for st in data.STYLES for o in others]
+    if concept.attribute == "color":  # the same shape and style with the colour said and unsaid
+        return [(data.prompt_for(s, concept.value, st), data.prompt_for(s, "", st))
+                for s in data.SHAPES for st in data.STYLES]
     raise data.DataError(f"Ring-A-Bell needs prompt pairs for concept {concept.name!r}; it has them for the "
-                         f"mini world's styles and shapes ({', '.join(data.MINI_CONCEPTS)}), the real-SD presets, "
+                         f"mini world's concepts ({', '.join(data.MINI_CONCEPTS)}), the real-SD presets, "
                          "and concept files with \"pairs\"")
 
 

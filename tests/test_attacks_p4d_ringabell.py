@@ -189,6 +189,9 @@ def test_prompt_pairs_differ_only_in_the_concept():
         assert len(diff) == 1 and diff[0][0] == "triangle" and diff[0][1] in data.SHAPES
     generic = attack.ring_a_bell_pairs(data.get_concept("triangle"), "shape")
     assert all(w.replace("triangle", "shape") == wo for w, wo in generic)
+    colour = attack.ring_a_bell_pairs(data.get_concept("purple"))  # a colour: said and unsaid
+    assert len(colour) == len(data.SHAPES) * len(data.STYLES)
+    assert all(w.replace("purple ", "", 1) == wo and "purple" not in wo for w, wo in colour)
 
 
 @pytest.mark.parametrize("name, phrases", [
