@@ -663,7 +663,7 @@ def concept_from_file(path):
     optional "anchors", "scene_anchors", "other_prompts", "judge" (mini/nudenet/clip), "attribute", "value",
     "pairs" (Ring-A-Bell: [[with the concept, without], ...]), "kind" (style, the default, or object),
     "implicit_prompts" (prompts that evoke the concept without its words), "frames" (its words in sentences
-    naming nothing else: --erase-prompt frames)}."""
+    naming nothing else: what ESD and UCE erase by default; without them, its words alone)}."""
     import json
     try:
         raw = json.load(open(path, encoding="utf-8"))
@@ -676,6 +676,7 @@ def concept_from_file(path):
         raise DataError(f"concept file {path}: " + (f"unknown keys {bad} " if bad else "") +
                         (f"missing or empty {missing} " if missing else "") + f"(keys: {', '.join(known)})")
     raw.setdefault("guides", [""] * len(raw["prompts"]))
+    raw.setdefault("frames", [raw["words"]])  # no frames: ESD and UCE erase the words alone, as the papers do
     c = Concept(**raw)
     if not (len(c.prompts) == len(c.templates) == len(c.guides)) or not all("{}" in t for t in c.templates):
         raise DataError(f"concept file {path}: prompts, templates and guides must have the same length and every "

@@ -204,7 +204,7 @@ def test_concept_file(tmp_path):
     path.write_text(json.dumps({"name": "monet", "words": "monet", "prompts": ["a lake by monet"],
                                 "templates": ["a lake by {}"], "judge": "clip"}))
     c = data.get_concept("ignored", "sd", str(path))
-    assert c.name == "monet" and c.guides == [""]
+    assert c.name == "monet" and c.guides == [""] and c.frames == ["monet"]  # no frames: the words alone
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a x"]}))
     with pytest.raises(data.DataError, match="must contain"):
         data.get_concept("x", "sd", str(path))
