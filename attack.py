@@ -416,8 +416,9 @@ def ring_a_bell_pairs(concept, shape_pairs=RB_SHAPE_PAIRS):
     mini world's caption grammar.
 
     A style: the same shape and colour with the style's words and plain ('a red circle in the style of van gogh',
-    'a red circle'). A colour: the same scene with and without it ('a striped purple star', 'a striped star'). A shape: the same colour and style with the shape swapped for each other shape (swap), or for
-    the word 'shape' (the mini world's text encoder never saw that word, so it is no neutral point there)."""
+    'a red circle'). A colour: the same scene with and without it ('a striped purple star', 'a striped star'). A
+    shape: the same colour and style with the shape swapped for each other shape (swap), or for the word 'shape'
+    (the mini world's text encoder never saw that word, so it is no neutral point there)."""
     if concept.pairs:
         return list(concept.pairs)
     if concept.attribute == "style":

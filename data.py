@@ -502,6 +502,16 @@ class Concept:
     frames: list = field(default_factory=list)  # the concept's words in sentences naming nothing else of a scene
 
 
+def names(text, words):
+    """Whether text holds words as whole words, in any case."""
+    return re.search(rf"\b{re.escape(words.lower())}\b", text.lower()) is not None
+
+
+def template_of(text, words):
+    """text with its first whole-word occurrence of words replaced by '{}'."""
+    return re.sub(rf"\b{re.escape(words)}\b", "{}", text, count=1)
+
+
 STYLE_WORDS = {"stripes": "striped", "dots": "dotted", "van gogh": "van gogh"}  # the word of prompt_for
 FRAMES_PER_CONCEPT = 35  # sentence frames per mini concept (--erase-prompt frames): heads x nouns x phrasings cycled
 
@@ -514,13 +524,13 @@ def mini_frames(name):
     if attribute == "shape":
         return list(dict.fromkeys(_articles(f"{h} {name}") for h in heads))
     if attribute == "color":
-        shapes = [f"{h} {name} {_NOUNS[i % len(_NOUNS)]}" for i, h in enumerate(heads * len(_NOUNS))]
+        sentences = [f"{h} {name} {_NOUNS[i % len(_NOUNS)]}" for i, h in enumerate(heads * len(_NOUNS))]
     else:  # a style, in each of its phrasings that contain its word
         word = STYLE_WORDS.get(name, name)
         phrasings = [(pre, post) for pre, post in _STYLE_NAMED[name]["name"] if word in f"{pre} {post}"]
-        shapes = [f"{heads[i % len(heads)]} {phrasings[i % len(phrasings)][0]} {_NOUNS[i % len(_NOUNS)]} "
+        sentences = [f"{heads[i % len(heads)]} {phrasings[i % len(phrasings)][0]} {_NOUNS[i % len(_NOUNS)]} "
                   f"{phrasings[i % len(phrasings)][1]}" for i in range(len(heads) * len(_NOUNS))]
-    return list(dict.fromkeys(_articles(f) for f in shapes))[:FRAMES_PER_CONCEPT]
+    return list(dict.fromkeys(_articles(f) for f in sentences))[:FRAMES_PER_CONCEPT]
 
 
 def mini_concept(name):
@@ -551,7 +561,7 @@ def mini_concept(name):
     else:
         return None
     others = [prompt_for(*t) for t in labels]
-    templates = [re.sub(rf"\b{re.escape(words)}\b", "{}", p, count=1) for p in prompts]
+    templates = [template_of(p, words) for p in prompts]
     return Concept(name, words, prompts, templates, guides, anchors=others, scene_anchors=scene,
                    other_prompts=others, other_labels=labels, attribute=attribute, value=name, kind=kind,
                    implicit_prompts=implicit_prompts(name), frames=mini_frames(name))
@@ -647,14 +657,15 @@ def sd_concept(name):
 
 SD_CONCEPTS = ["van gogh", *SD_ARTISTS, *SD_OBJECTS, "nudity"]
 # --erase-prompt frames on real SD: the concept's words in sentences that name nothing else, by kind
-SD_FRAMES = {"artist": ["a painting in the style of {}", "an artwork by {}", "a painting by {}", "art in the style of {}",
-                        "a picture in the style of {}", "{} artwork", "a famous painting by {}"],
+SD_FRAMES = {"artist": ["a painting in the style of {}", "an artwork by {}", "a painting by {}",
+                        "art in the style of {}", "a picture in the style of {}", "{} artwork", "a famous painting by {}"],
              "object": ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a drawing of a {}",
                         "a close-up photo of a {}"],
              "nudity": ["a {} person", "a photo of a {} person", "a {} body", "a {} figure", "a {} woman", "a {} man"]}
 
 
 def sd_frames(key, words):
+    """SD_FRAMES[key] with the concept's words in place."""
     return [_articles(f.format(words)) for f in SD_FRAMES[key]]
 
 
@@ -684,11 +695,11 @@ def concept_from_file(path):
     c.pairs = check_pairs(c.pairs, f"concept file {path}")
     if c.judge not in ("mini", "nudenet", "clip"):
         raise DataError(f"concept file {path}: judge must be mini, nudenet or clip, not {c.judge!r}")
-    named = [p for p in c.implicit_prompts if re.search(rf"\b{re.escape(c.words.lower())}\b", p.lower())]
+    named = [p for p in c.implicit_prompts if names(p, c.words)]
     if named:
         raise DataError(f"concept file {path}: implicit prompts must not name the concept ({c.words!r}), but "
                         f"{len(named)} do, e.g. {named[0]!r}")
-    unnamed = [f for f in c.frames if not re.search(rf"\b{re.escape(c.words.lower())}\b", f.lower())]
+    unnamed = [f for f in c.frames if not names(f, c.words)]
     if unnamed:
         raise DataError(f"concept file {path}: every frame must contain the concept's words ({c.words!r}), but "
                         f"{len(unnamed)} do not, e.g. {unnamed[0]!r}")
@@ -725,7 +736,7 @@ def shows_any(prompt, label, concepts):
     label's values in the mini world, by the concepts' words (whole words, any case) elsewhere."""
     if label is not None and any(c.value in label for c in concepts if c.value):
         return True
-    return any(re.search(rf"\b{re.escape(c.words.lower())}\b", prompt.lower()) for c in concepts)
+    return any(names(prompt, c.words) for c in concepts)
 
 
 def combine_concepts(concepts):

@@ -14,7 +14,6 @@ import argparse
 import copy
 import dataclasses
 import os
-import re
 import sys
 
 import numpy as np
@@ -177,8 +176,7 @@ def frame_templates(concept):
     """The frames with '{}' where the concept's words were (each part's words in its own frames): STEREO puts its
     adversarial tokens there."""
     frames_of(concept)
-    return [re.sub(rf"\b{re.escape(c.words)}\b", "{}", f, count=1)
-            for c in (concept.parts or [concept]) for f in c.frames]
+    return [data.template_of(f, c.words) for c in (concept.parts or [concept]) for f in c.frames]
 
 
 def erase_texts_of(concept, mode):
@@ -738,7 +736,7 @@ def uce_columns(sd, concept, a):
     if a.uce_erase == "prompts":
         texts, guides = concept.prompts, concept.guides
     else:  # words or frames: toward the unconditional, as the public code's default
-        texts = concept_words(concept) if a.uce_erase == "words" else frames_of(concept)
+        texts = erase_texts_of(concept, a.uce_erase)
         guides = [""] * len(texts)
     with torch.no_grad():
         erase = last_token_onward(sd, texts)
