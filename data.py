@@ -529,7 +529,7 @@ def mini_frames(name):
         word = STYLE_WORDS.get(name, name)
         phrasings = [(pre, post) for pre, post in _STYLE_NAMED[name]["name"] if word in f"{pre} {post}"]
         sentences = [f"{heads[i % len(heads)]} {phrasings[i % len(phrasings)][0]} {_NOUNS[i % len(_NOUNS)]} "
-                  f"{phrasings[i % len(phrasings)][1]}" for i in range(len(heads) * len(_NOUNS))]
+                     f"{phrasings[i % len(phrasings)][1]}" for i in range(len(heads) * len(_NOUNS))]
     return list(dict.fromkeys(_articles(f) for f in sentences))[:FRAMES_PER_CONCEPT]
 
 

@@ -32,12 +32,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     names = [n.strip() for n in a.concepts.split(",") if n.strip()]
     unknown = [n for n in names if n not in data.MINI_CONCEPTS]
-    if unknown or not names or a.frames < 1:
-        sys.exit(f"--concepts: unknown {unknown or '(none given)'}; choose from {', '.join(data.MINI_CONCEPTS)}; "
-                 "--frames must be at least 1")
+    if unknown or not names:
+        sys.exit(f"--concepts: unknown {unknown or '(none given)'}; choose from {', '.join(data.MINI_CONCEPTS)}")
+    if a.frames < 1:
+        sys.exit(f"--frames must be at least 1, not {a.frames}")
     sd = sdlib.load(a.model, "cpu")
     gen = torch.Generator().manual_seed(a.seed)
-    print(f"| concept | attribute | " + " | ".join(f"t={t}" for t in TIMESTEPS) + " | mean |")
+    print("| concept | attribute | " + " | ".join(f"t={t}" for t in TIMESTEPS) + " | mean |")
     print("|---" * (len(TIMESTEPS) + 3) + "|")
     for name in names:
         frames = data.get_concept(name).frames[:a.frames]
