@@ -184,7 +184,9 @@ def test_profiles_parse():
                 assert str(getattr(a, flag[2:].replace("-", "_"))) == value
         for at, args in prof["attack"].items():
             assert at == "*" or at in benchmark.BENCH_ATTACKS, (name, at)
-            attack.parse(["--attack", "cce" if at == "*" else at, "--concept", "van gogh", "--out", "x", *args])
+            a = attack.parse(["--attack", "cce" if at == "*" else at, "--concept", "van gogh", "--out", "x", *args])
+            for flag, value in zip(args[::2], args[1::2]):
+                assert str(getattr(a, flag[2:].replace("-", "_"))) == value, (name, at, flag)
         evaluate.build_parser().parse_args(["evaluate", "--concept", "van gogh", "--out", "x", *prof["eval"]])
     r = subprocess.run([sys.executable, "benchmark.py", "--concept", "van gogh", "--profile", "nope"],
                        cwd=ROOT, capture_output=True, text=True)
