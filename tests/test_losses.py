@@ -80,3 +80,13 @@ def test_stereo_reo_target():
     torch.testing.assert_close(got, e0 + s_a * ((a1 + a2) / 2 - e0) - s_e * (p1 - e0))
     # with one anchor and s_a = 1, s_e = 0 the target is the anchor's own prediction
     torch.testing.assert_close(losses.stereo_reo_target(e0, [a1], [p1], 1.0, 0.0), a1)
+
+
+def test_sampling_esds_target_is_negative_guidance():
+    """scripts/esd_ideal.py's premise: guidance g on a model that meets ESD's target exactly is the original model at
+    guidance -g * eta."""
+    g = torch.Generator().manual_seed(4)
+    e0, ec = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(2))
+    for eta, guidance in ((1.0, 5.0), (2.0, 5.0), (0.5, 7.5)):
+        ideal = e0 + guidance * (losses.esd_target(e0, ec, eta) - e0)
+        torch.testing.assert_close(ideal, e0 + (-guidance * eta) * (ec - e0))
