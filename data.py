@@ -570,6 +570,15 @@ def mini_concept(name):
 MINI_CONCEPTS = list(STYLE_WORDS) + SHAPES + COLOR_NAMES
 
 
+def mini_concept_names(spec):
+    """'all' or comma-separated mini concepts -> their names; DataError naming the unknown ones or an empty list."""
+    names = MINI_CONCEPTS if spec.strip().lower() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MINI_CONCEPTS]
+    if unknown or not names:
+        raise DataError(f"unknown mini concepts {unknown or '(none given)'}; choose from all, {', '.join(MINI_CONCEPTS)}")
+    return list(names)
+
+
 # Real Stable Diffusion presets, written by us. Scenes are crossed with the concept's words; anchors keep the
 # scene and swap the concept for its neighbours; other prompts measure preservation.
 SD_SCENES = ["a starry night over a village", "a wheat field with cypresses", "a bedroom with a wooden bed",

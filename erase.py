@@ -99,6 +99,8 @@ DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve te
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
 DM2_ANCHOR = "a photo"  # c0
+DM2_CEILING_WARN = 2.0  # warn when the concept's own pictures score under this many times tau against each other:
+#   the verifier then barely tells the concept from the anchor (mini world: purple 0.26, other concepts 0.50-0.69)
 DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
 #   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
@@ -515,6 +517,13 @@ def verify_score(f_mined, f_reference, f_concept):
     return float((c @ e.T).mean())
 
 
+def verify_ceiling(f_concept, f_reference):
+    """What the verification can see: s(c) of one half of the pool pictures against the other half, the score of a
+    mined embedding that drew the concept as the original model does. Near tau, DM2 stops on its first loop."""
+    half = len(f_concept) // 2
+    return verify_score(f_concept[:half], f_reference, f_concept[half:]) if half else float("nan")
+
+
 def dm2(sd, concept, a, state):
     """DM2: repeat (a) mine an embedding of L tokens by textual inversion on k pool pictures against the current
     model, (b) verify it: generate from it and stop when its features no longer point toward the concept
@@ -545,6 +554,11 @@ def dm2(sd, concept, a, state):
     reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
                                [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
     f_ref, f_concept = enc(reference), enc(pool_images)
+    ceiling = verify_ceiling(f_concept, f_ref)
+    log(f"dm2: the concept's own pictures score s = {ceiling:.3f} against each other (threshold {a.dm2_threshold})")
+    if ceiling < DM2_CEILING_WARN * a.dm2_threshold:
+        log(f"dm2: warning: the anchor {DM2_ANCHOR!r} looks like {concept.name!r} to the verifier; a mined embedding "
+            "that draws the concept may score under the threshold, and DM2 stop before erasing it")
     mined, loop = [], 0
     loops_path = os.path.join(state["dir"], "dm2_loops.pt")
     if os.path.exists(loops_path):  # resume after the last completed loop
@@ -642,7 +656,7 @@ def dm2(sd, concept, a, state):
                            "dm2_loops": loop, "dm2_verify_scores": scores,
                            "dm2_verify_scores_after": [r["verify_score_after"] for r in state["log"]
                                                        if "verify_score_after" in r],
-                           "dm2_features": encoder_name}
+                           "dm2_features": encoder_name, "dm2_verify_ceiling": round(ceiling, 4)}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
 

@@ -45,10 +45,10 @@ def main(argv=None):
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     p.add_argument("--seed", type=int, default=SEED)
     a = p.parse_args(argv)
-    names = data.MINI_CONCEPTS if a.concepts == "all" else [n.strip() for n in a.concepts.split(",") if n.strip()]
-    unknown = [n for n in names if n not in data.MINI_CONCEPTS]
-    if unknown or not names:
-        sys.exit(f"--concepts: unknown {unknown or '(none given)'}; choose from all, {', '.join(data.MINI_CONCEPTS)}")
+    try:
+        names = data.mini_concept_names(a.concepts)
+    except data.DataError as e:
+        sys.exit(f"--concepts: {e}")
     try:
         etas = [float(e) for e in a.etas.split(",") if e.strip()]
     except ValueError:

@@ -30,10 +30,10 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=FRAMES)
     p.add_argument("--seed", type=int, default=SEED)
     a = p.parse_args(argv)
-    names = [n.strip() for n in a.concepts.split(",") if n.strip()]
-    unknown = [n for n in names if n not in data.MINI_CONCEPTS]
-    if unknown or not names:
-        sys.exit(f"--concepts: unknown {unknown or '(none given)'}; choose from {', '.join(data.MINI_CONCEPTS)}")
+    try:
+        names = data.mini_concept_names(a.concepts)
+    except data.DataError as e:
+        sys.exit(f"--concepts: {e}")
     if a.frames < 1:
         sys.exit(f"--frames must be at least 1, not {a.frames}")
     sd = sdlib.load(a.model, "cpu")

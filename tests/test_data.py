@@ -224,3 +224,11 @@ def test_concept_file(tmp_path):
         data.get_concept("x", "sd", str(path))
     path.write_text(json.dumps({"name": "x", "words": "x", "prompts": ["a x"], "templates": ["a {}"], "kind": "object"}))
     assert data.get_concept("x", "sd", str(path)).kind == "object" and c.kind == "style"
+
+
+def test_mini_concept_names_reads_all_a_list_and_fails_on_nothing():
+    assert data.mini_concept_names("all") == data.MINI_CONCEPTS
+    assert data.mini_concept_names(" purple, van gogh ") == ["purple", "van gogh"]
+    for bad in ("purple,mauve", "", " , "):
+        with pytest.raises(data.DataError):
+            data.mini_concept_names(bad)

@@ -388,6 +388,17 @@ def test_dm2_verify_score_equals_formula():
     assert same > 0.3 and abs(erase.verify_score(2 * f_r.mean(0) - f_e, f_r, f_e) + same) < 1e-6
 
 
+def test_dm2_verify_ceiling_is_the_pool_against_itself():
+    """The ceiling scores one half of the pool pictures against the other: high when the anchor's features lie away
+    from the concept's, near zero when the anchor looks like the concept."""
+    g = torch.Generator().manual_seed(5)
+    concept_dir = torch.randn(6, generator=g)
+    f_e = concept_dir + 0.3 * torch.randn(8, 6, generator=g)
+    far, near = torch.zeros(4, 6), f_e.mean(0).expand(4, 6)
+    assert abs(erase.verify_ceiling(f_e, far) - erase.verify_score(f_e[:4], far, f_e[4:])) < 1e-6
+    assert erase.verify_ceiling(f_e, far) > 0.8 and abs(erase.verify_ceiling(f_e, near)) < 0.4
+
+
 def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
@@ -397,6 +408,7 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     config = json.load(open(out / "config.json"))
     assert config["dm2_loops"] == 2
     assert len(config["dm2_verify_scores"]) == len(config["dm2_verify_scores_after"]) == 2
+    assert -1 <= config["dm2_verify_ceiling"] <= 1
     tensors = load_file(str(out / "weights.safetensors"))
     assert tensors and all(k.startswith("lora.unet.") and ".to_v." in k for k in tensors)
     applied = sdlib.load(weights=str(out))  # base + merged LoRA ...
