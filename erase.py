@@ -98,9 +98,13 @@ DM2_CLIP = None  # gradient-norm clip of circumventing (None: none)
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
-DM2_ANCHOR = "a photo"  # c0
-DM2_CEILING_WARN = 2.0  # warn when the concept's own pictures score under this many times tau against each other:
-#   the verifier then barely tells the concept from the anchor (mini world: purple 0.26, other concepts 0.50-0.69)
+DM2_ANCHOR = "a photo"  # c0, the paper's
+DM2_ANCHOR_RULE = "auto"  # auto: c0 is DM2_ANCHOR unless the verifier cannot tell it from the concept (its ceiling,
+#   the concept's own pictures scored against each other, under DM2_CEILING_BAR x tau); then the fallback with the
+#   highest ceiling. The mini world's "a photo" draws purple (results/mini_v2/hard_concepts.md). Any other value of
+#   --dm2-anchor is the anchor prompt itself.
+DM2_ANCHOR_FALLBACKS = ("a thing", "an image", "a picture", "a drawing")  # prompts that name no concept
+DM2_CEILING_BAR = 2.0  # x tau; mini world: purple 0.26 under "a photo", every other concept 0.48-0.61
 DM2_INIT = "concept"  # mined tokens start from the concept's words in turn, or ("anchor") all from the word "photo":
 #   mining then finds embeddings nearer the concept's own words, and circumventing them erases the plain prompts too
 DM2_POOL_SEED = 30_000
@@ -125,7 +129,8 @@ PAPER_SCHEDULE = {
     "dm2": dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
                 dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
                 dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd", dm2_lr=0.01,
-                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5),
+                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5,
+                dm2_anchor="a photo"),
     # STEREO, the public code (koushiksrivats/robust-concept-erasing: train.py's defaults, utils/stereo.py). Its
     # ESD target is APG's normalized_guidance(e(c), e(0), 2) = e(c) - (2 - 1)(e(c) - e(0)) = e(0), which is
     # ESD's e(0) - eta (e(c) - e(0)) at eta = 0, not 2: "negative guidance 2" counts from e(c), as its
@@ -524,6 +529,18 @@ def verify_ceiling(f_concept, f_reference):
     return verify_score(f_concept[:half], f_reference, f_concept[half:]) if half else float("nan")
 
 
+def choose_anchor(candidates, ceiling_of, bar):
+    """DM2's c0 under --dm2-anchor auto: the first candidate whose verifier ceiling reaches bar, else the one with the
+    highest ceiling. ceiling_of(prompt) -> float is called in order, and only as far as needed. Returns (prompt,
+    {prompt: ceiling} of those tried)."""
+    tried = {}
+    for prompt in candidates:
+        tried[prompt] = ceiling_of(prompt)
+        if tried[prompt] >= bar:
+            return prompt, tried
+    return max(tried, key=tried.get), tried
+
+
 def dm2(sd, concept, a, state):
     """DM2: repeat (a) mine an embedding of L tokens by textual inversion on k pool pictures against the current
     model, (b) verify it: generate from it and stop when its features no longer point toward the concept
@@ -551,13 +568,25 @@ def dm2(sd, concept, a, state):
         def enc(x): return clip.image_features(x).float()  # noqa: E306
     pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
     pool = image_latents(sd, pool_images)
-    reference = sdlib.generate(sd, [DM2_ANCHOR] * a.dm2_verify_images,
-                               [DM2_POOL_SEED - 1 - i for i in range(a.dm2_verify_images)], progress=False)
-    f_ref, f_concept = enc(reference), enc(pool_images)
-    ceiling = verify_ceiling(f_concept, f_ref)
-    log(f"dm2: the concept's own pictures score s = {ceiling:.3f} against each other (threshold {a.dm2_threshold})")
-    if ceiling < DM2_CEILING_WARN * a.dm2_threshold:
-        log(f"dm2: warning: the anchor {DM2_ANCHOR!r} looks like {concept.name!r} to the verifier; a mined embedding "
+    f_concept = enc(pool_images)
+    references = {}  # anchor prompt -> features of its pictures
+
+    def ceiling_of(prompt):
+        references[prompt] = enc(sdlib.generate(sd, [prompt] * a.dm2_verify_images, [DM2_POOL_SEED - 1 - i for i in
+                                                range(a.dm2_verify_images)], progress=False))
+        return verify_ceiling(f_concept, references[prompt])
+
+    bar = DM2_CEILING_BAR * a.dm2_threshold
+    if a.dm2_anchor == "auto":
+        anchor, tried = choose_anchor([DM2_ANCHOR, *DM2_ANCHOR_FALLBACKS], ceiling_of, bar)
+    else:
+        anchor, tried = a.dm2_anchor, {a.dm2_anchor: ceiling_of(a.dm2_anchor)}
+    f_ref, ceiling = references[anchor], tried[anchor]
+    log(f"dm2: anchor c0 = {anchor!r}; the concept's own pictures score s = {ceiling:.3f} against each other under it "
+        f"(threshold {a.dm2_threshold})" + (f"; tried {', '.join(f'{k!r} {v:.3f}' for k, v in tried.items())}"
+                                            if len(tried) > 1 else ""))
+    if ceiling < bar:
+        log(f"dm2: warning: the anchor {anchor!r} looks like {concept.name!r} to the verifier; a mined embedding "
             "that draws the concept may score under the threshold, and DM2 stop before erasing it")
     mined, loop = [], 0
     loops_path = os.path.join(state["dir"], "dm2_loops.pt")
@@ -570,7 +599,7 @@ def dm2(sd, concept, a, state):
     names = [f"<dm{i}>" for i in range(a.dm2_tokens)]
     ids = sdlib.add_tokens(sd, names)
     acp = sd.scheduler.alphas_cumprod.to(sd.device)
-    c0 = sdlib.encode(sd, [DM2_ANCHOR])
+    c0 = sdlib.encode(sd, [anchor])
     scores = [r["verify_score"] for r in state["log"] if "verify_score" in r]
     prompt = " ".join(names)  # the mined tokens are the whole prompt
     conds = {}  # mined index -> its (c, 0*c, -c); the text encoder is frozen, so each is encoded once
@@ -598,7 +627,7 @@ def dm2(sd, concept, a, state):
         gen = torch.Generator().manual_seed(a.seed * 7919 + loop)
         mine_from = torch.nonzero(pool_part == part).flatten()  # that concept's pool pictures
         pick = mine_from[torch.randperm(len(mine_from), generator=gen)[:a.dm2_mine_images]]
-        init = DM2_ANCHOR.split()[-1] if a.dm2_init == "anchor" else parts_words[part]
+        init = anchor.split()[-1] if a.dm2_init == "anchor" and anchor.strip() else parts_words[part]
         learned = textual_inversion(sd, pool[pick], ["{}"] * len(pick), names, init,
                                            a.dm2_mine_steps, a.dm2_mine_lr, len(pick), a.seed + loop,
                                            desc=f"dm2 loop {loop + 1}: mine", lr_end=a.dm2_mine_lr_end,
@@ -656,7 +685,8 @@ def dm2(sd, concept, a, state):
                            "dm2_loops": loop, "dm2_verify_scores": scores,
                            "dm2_verify_scores_after": [r["verify_score_after"] for r in state["log"]
                                                        if "verify_score_after" in r],
-                           "dm2_features": encoder_name, "dm2_verify_ceiling": round(ceiling, 4)}
+                           "dm2_features": encoder_name, "dm2_anchor": anchor,
+                           "dm2_verify_ceiling": round(ceiling, 4)}
     state["extra_tensors"] = {f"mined.{i}": v for i, v in enumerate(mined)}
     return changed
 
@@ -991,8 +1021,11 @@ def parse(argv=None):
     g.add_argument("--dm2-mine-clip", type=float, default=DM2_MINE_CLIP, help="mining's gradient-norm clip")
     g.add_argument("--dm2-verify-images", type=int, default=DM2_VERIFY_IMAGES)
     g.add_argument("--dm2-threshold", type=float, default=DM2_THRESHOLD, help="tau")
+    g.add_argument("--dm2-anchor", default=DM2_ANCHOR_RULE,
+                   help=f"c0: auto ({DM2_ANCHOR!r} unless the verifier cannot tell it from the concept, then one of "
+                        f"{', '.join(map(repr, DM2_ANCHOR_FALLBACKS))}), or the anchor prompt itself")
     g.add_argument("--dm2-init", default=DM2_INIT, choices=["anchor", "concept"],
-                   help="mining starts every token from the anchor's word 'photo' or from the concept's words")
+                   help="mining starts every token from the anchor's last word ('photo') or from the concept's words")
     g.add_argument("--dm2-circumvent-steps", type=int, default=DM2_CIRCUMVENT_STEPS)
     g.add_argument("--dm2-batch", type=int, default=DM2_BATCH, help="pool pictures per circumvent step")
     g.add_argument("--dm2-lr", type=float, default=DM2_LR)

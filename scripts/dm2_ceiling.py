@@ -28,7 +28,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concepts", default="all", help="comma-separated mini-world concepts, or all")
     p.add_argument("--pool", type=int, default=POOL)
-    p.add_argument("--anchors", nargs="+", default=[erase.DM2_ANCHOR], help="anchor prompts c0, one column each")
+    p.add_argument("--anchors", nargs="+", default=[erase.DM2_ANCHOR, *erase.DM2_ANCHOR_FALLBACKS],
+                   help="anchor prompts c0, one column each (default: those --dm2-anchor auto chooses from)")
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     a = p.parse_args(argv)
     try:

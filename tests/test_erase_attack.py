@@ -399,6 +399,24 @@ def test_dm2_verify_ceiling_is_the_pool_against_itself():
     assert erase.verify_ceiling(f_e, far) > 0.8 and abs(erase.verify_ceiling(f_e, near)) < 0.4
 
 
+def test_dm2_anchor_rule_keeps_the_papers_anchor_unless_the_verifier_cannot_see_the_concept():
+    asked = []
+
+    def ceiling_of(prompt):
+        asked.append(prompt)
+        return {"a photo": 0.26, "a thing": 0.49, "an image": 0.44, "a picture": 0.29, "a drawing": 0.27}[prompt]
+
+    candidates = [erase.DM2_ANCHOR, *erase.DM2_ANCHOR_FALLBACKS]
+    assert candidates[0] == "a photo" and erase.DM2_ANCHOR_RULE == "auto"
+    assert erase.choose_anchor(candidates, ceiling_of, 0.4) == ("a thing", {"a photo": 0.26, "a thing": 0.49})
+    assert asked == ["a photo", "a thing"]  # stops at the first that reaches the bar
+    assert erase.choose_anchor(candidates, ceiling_of, 0.2)[0] == "a photo"  # the paper's, when it can see
+    assert erase.choose_anchor(candidates, ceiling_of, 0.9)[0] == "a thing"  # none reaches: the highest ceiling
+    assert erase.PAPER_SCHEDULE["dm2"]["dm2_anchor"] == "a photo"  # --schedule paper keeps the paper's c0
+    assert erase.parse(["--method", "dm2", "--concept", "purple", "--out", "x", "--dm2-anchor", "an image"]
+                       ).dm2_anchor == "an image"
+
+
 def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     r = run("erase.py", "--method", "dm2", "--concept", "van gogh", "--model", tiny_model, "--dm2-pool", "4",
@@ -409,6 +427,7 @@ def test_dm2_runs_and_its_lora_run_folder_round_trips(tiny_model, tmp_path):
     assert config["dm2_loops"] == 2
     assert len(config["dm2_verify_scores"]) == len(config["dm2_verify_scores_after"]) == 2
     assert -1 <= config["dm2_verify_ceiling"] <= 1
+    assert config["dm2_anchor"] in (erase.DM2_ANCHOR, *erase.DM2_ANCHOR_FALLBACKS)  # --dm2-anchor auto
     tensors = load_file(str(out / "weights.safetensors"))
     assert tensors and all(k.startswith("lora.unet.") and ".to_v." in k for k in tensors)
     applied = sdlib.load(weights=str(out))  # base + merged LoRA ...
