@@ -529,6 +529,19 @@ def verify_ceiling(f_concept, f_reference):
     return verify_score(f_concept[:half], f_reference, f_concept[half:]) if half else float("nan")
 
 
+def dm2_pool(sd, concept, n):
+    """DM2's pool: n pictures of the concept's prompts (several concepts: each one's in turn) from the model as it is,
+    picture i from seed DM2_POOL_SEED + i. Returns (the prompt index of each picture, the pictures)."""
+    idx = interleaved(concept, n)
+    return idx, sdlib.generate(sd, [concept.prompts[i] for i in idx], [DM2_POOL_SEED + i for i in range(n)],
+                               progress=False)
+
+
+def dm2_anchor_pictures(sd, prompt, n):
+    """n pictures of the anchor prompt c0, from seeds just below the pool's: the verifier's reference."""
+    return sdlib.generate(sd, [prompt] * n, [DM2_POOL_SEED - 1 - i for i in range(n)], progress=False)
+
+
 def choose_anchor(candidates, ceiling_of, bar):
     """DM2's c0 under --dm2-anchor auto: the first candidate whose verifier ceiling reaches bar, else the one with the
     highest ceiling. ceiling_of(prompt) -> float is called in order, and only as far as needed. Returns (prompt,
@@ -553,9 +566,6 @@ def dm2(sd, concept, a, state):
     print(f"dm2: LoRA rank {a.dm2_rank} on {len(wrapped)} value projections, "
           f"{sum(p.numel() for p in lora_params):,} parameters")
     opt = dm2_optimizer(lora_params, a)
-    pool_idx = interleaved(concept, a.dm2_pool)  # several concepts: each one's prompts in turn
-    pool_prompts = [concept.prompts[i] for i in pool_idx]
-    pool_part = torch.tensor(part_of(concept))[pool_idx]  # which concept each pool picture shows
     if sd.world == "mini":  # Enc: the mini judge's features, or CLIP's image encoder
         encoder_name = "mini judge penultimate features"
         def enc(x): return torch.from_numpy(judges.judge_features(x, a.mini_dir)).float()  # noqa: E306
@@ -566,14 +576,14 @@ def dm2(sd, concept, a, state):
             sdlib.fail(f"dm2 verifies with CLIP's image encoder: {e}")
         encoder_name = f"open_clip {a.clip_arch} image encoder ({a.clip_weights})"
         def enc(x): return clip.image_features(x).float()  # noqa: E306
-    pool_images = sdlib.generate(sd, pool_prompts, [DM2_POOL_SEED + i for i in range(a.dm2_pool)], progress=False)
+    pool_idx, pool_images = dm2_pool(sd, concept, a.dm2_pool)
+    pool_part = torch.tensor(part_of(concept))[pool_idx]  # which concept each pool picture shows
     pool = image_latents(sd, pool_images)
     f_concept = enc(pool_images)
     references = {}  # anchor prompt -> features of its pictures
 
     def ceiling_of(prompt):
-        references[prompt] = enc(sdlib.generate(sd, [prompt] * a.dm2_verify_images, [DM2_POOL_SEED - 1 - i for i in
-                                                range(a.dm2_verify_images)], progress=False))
+        references[prompt] = enc(dm2_anchor_pictures(sd, prompt, a.dm2_verify_images))
         return verify_ceiling(f_concept, references[prompt])
 
     bar = DM2_CEILING_BAR * a.dm2_threshold

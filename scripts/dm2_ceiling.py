@@ -44,14 +44,11 @@ def main(argv=None):
         return torch.from_numpy(judges.judge_features(x, judges.MINI_DIR)).float()
 
     n_ref = erase.DM2_VERIFY_IMAGES
-    f_refs = [enc(sdlib.generate(sd, [anchor] * n_ref, [erase.DM2_POOL_SEED - 1 - i for i in range(n_ref)],
-                                 progress=False)) for anchor in a.anchors]
+    f_refs = [enc(erase.dm2_anchor_pictures(sd, anchor, n_ref)) for anchor in a.anchors]
     print(f"{a.pool} pool pictures, {n_ref} anchor pictures, threshold {erase.DM2_THRESHOLD}; ceiling s per anchor.\n")
     print("| concept | " + " | ".join(repr(x) for x in a.anchors) + " |\n|---" + "|---" * len(a.anchors) + "|")
     for name in names:
-        concept = data.get_concept(name)
-        prompts = [concept.prompts[i] for i in erase.interleaved(concept, a.pool)]
-        f_pool = enc(sdlib.generate(sd, prompts, [erase.DM2_POOL_SEED + i for i in range(a.pool)], progress=False))
+        f_pool = enc(erase.dm2_pool(sd, data.get_concept(name), a.pool)[1])
         print(f"| {name} | " + " | ".join(f"{erase.verify_ceiling(f_pool, f):.3f}" for f in f_refs) + " |", flush=True)
 
 
