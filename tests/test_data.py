@@ -232,3 +232,22 @@ def test_mini_concept_names_reads_all_a_list_and_fails_on_nothing():
     for bad in ("purple,mauve", "", " , "):
         with pytest.raises(data.DataError):
             data.mini_concept_names(bad)
+
+
+def test_fallback_rate_scenes_leave_only_the_concept_unsaid():
+    """scripts/fallback_rate.py pairs each named prompt of a concept with the same scene without it: the pairs follow
+    the concept's prompts, the unsaid prompt holds none of the concept's words and names every other value."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "fallback_rate", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "fallback_rate.py"))
+    fallback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fallback)
+    for name in data.MINI_CONCEPTS:
+        pairs = fallback.scenes(name)
+        assert [named for named, _ in pairs] == data.get_concept(name).prompts
+        for named, unsaid in pairs:
+            words = set(unsaid.replace(",", " ").split())
+            assert not data.own_words(name) & words, (name, unsaid)
+            kept = set(named.split()) - set(data.STYLE_WORDS.get(name, name).split()) - {"a", "an", "in", "the",
+                                                                                         "style", "of"}
+            assert kept <= words | {fallback.UNSAID_SHAPE}, (named, unsaid)
