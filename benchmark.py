@@ -45,8 +45,9 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
 BENCH_ATTACKS = report.ATTACKS
 BENCH_SEEDS = 1
 # --profile: the settings every cell gets before the user's --erase-args/--attack-args/--eval-args. full: each
-# script's defaults; quick: about half of every budget, 10 targets, one picture per evaluation prompt; laptop: quick
-# cut further for one seed of the matrix on 2 CPU cores (x_t by 25 DDIM steps, judging once at the end, no grids).
+# script's defaults; quick: about half of every budget (DM2: all its loops on a smaller pool), 10 targets, one
+# picture per evaluation prompt; laptop: quick cut further for one seed of the matrix on 2 CPU cores (x_t by 25 DDIM
+# steps, judging once at the end, no grids).
 # What each profile costs and how far its table is from full's: results/README.md
 _ESD_FAMILY_QUICK = {
     "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
