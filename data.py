@@ -6,6 +6,7 @@ The mini world: 32x32 RGB pictures of one shape (5 kinds) in one colour (6) and 
 dots and a swirling painterly style called "van gogh") on one of 4 backgrounds, with position, size and rotation
 jitter, and paraphrased captions. Everything is drawn from a seeded numpy Generator, so a seed gives the same data.
 """
+import argparse
 import csv
 import os
 import re
@@ -577,6 +578,14 @@ def mini_concept_names(spec):
     if unknown or not names:
         raise DataError(f"unknown mini concepts {unknown or '(none given)'}; choose from all, {', '.join(MINI_CONCEPTS)}")
     return list(names)
+
+
+def mini_concepts_arg(spec):
+    """argparse type of the scripts' --concepts: mini_concept_names, its error as argparse's one-line error."""
+    try:
+        return mini_concept_names(spec)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # Real Stable Diffusion presets, written by us. Scenes are crossed with the concept's words; anchors keep the

@@ -26,16 +26,14 @@ POOL = 12  # pool pictures (the quick profile's --dm2-pool)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", default="all", help="comma-separated mini-world concepts, or all")
+    p.add_argument("--concepts", type=data.mini_concepts_arg, default="all",
+                   help="comma-separated mini-world concepts, or all")
     p.add_argument("--pool", type=int, default=POOL)
     p.add_argument("--anchors", nargs="+", default=[erase.DM2_ANCHOR, *erase.DM2_ANCHOR_FALLBACKS],
                    help="anchor prompts c0, one column each (default: those --dm2-anchor auto chooses from)")
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     a = p.parse_args(argv)
-    try:
-        names = data.mini_concept_names(a.concepts)
-    except data.DataError as e:
-        sys.exit(f"--concepts: {e}")
+    names = a.concepts
     if a.pool < 2:
         sys.exit(f"--pool must be at least 2 (two halves), not {a.pool}")
     sd = sdlib.load(a.model, "cpu")

@@ -39,16 +39,14 @@ def rate(judge, pictures):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", default="all", help="comma-separated mini-world concepts, or all")
+    p.add_argument("--concepts", type=data.mini_concepts_arg, default="all",
+                   help="comma-separated mini-world concepts, or all")
     p.add_argument("--etas", default=",".join(f"{e:g}" for e in ETAS), help="comma-separated eta values")
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     p.add_argument("--seed", type=int, default=SEED)
     a = p.parse_args(argv)
-    try:
-        names = data.mini_concept_names(a.concepts)
-    except data.DataError as e:
-        sys.exit(f"--concepts: {e}")
+    names = a.concepts
     try:
         etas = [float(e) for e in a.etas.split(",") if e.strip()]
     except ValueError:

@@ -34,22 +34,22 @@ def scenes(name):
         return [(data.prompt_for(name, c, st), data.prompt_for(UNSAID_SHAPE, c, st))
                 for c in data.COLOR_NAMES for st in data.STYLES]
     if attribute == "color":
-        return [(data.prompt_for(s, name, st), data.prompt_for(s, "", st)) for s in data.SHAPES for st in data.STYLES]
-    return [(data.prompt_for(s, c, name), data.prompt_for(s, c, "plain")) for s in data.SHAPES for c in data.COLOR_NAMES]
+        return [(data.prompt_for(s, name, st), data.prompt_for(s, "", st))
+                for s in data.SHAPES for st in data.STYLES]
+    return [(data.prompt_for(s, c, name), data.prompt_for(s, c, "plain"))
+            for s in data.SHAPES for c in data.COLOR_NAMES]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", default="all", help="comma-separated mini-world concepts, or all")
+    p.add_argument("--concepts", type=data.mini_concepts_arg, default="all",
+                   help="comma-separated mini-world concepts, or all")
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     p.add_argument("--weights", default=None, help="an erase.py run folder to load over the model")
     p.add_argument("--seed", type=int, default=SEED)
     a = p.parse_args(argv)
-    try:
-        names = data.mini_concept_names(a.concepts)
-    except data.DataError as e:
-        sys.exit(f"--concepts: {e}")
+    names = a.concepts
     if a.pictures < 1:
         sys.exit(f"--pictures must be at least 1, not {a.pictures}")
     sd = sdlib.load(a.model, "cpu", weights=a.weights)

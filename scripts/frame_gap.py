@@ -25,15 +25,13 @@ SEED = 0
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concepts", default=",".join(CONCEPTS), help="comma-separated mini-world concepts")
+    p.add_argument("--concepts", type=data.mini_concepts_arg, default=",".join(CONCEPTS),
+                   help="comma-separated mini-world concepts")
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     p.add_argument("--frames", type=int, default=FRAMES)
     p.add_argument("--seed", type=int, default=SEED)
     a = p.parse_args(argv)
-    try:
-        names = data.mini_concept_names(a.concepts)
-    except data.DataError as e:
-        sys.exit(f"--concepts: {e}")
+    names = a.concepts
     if a.frames < 1:
         sys.exit(f"--frames must be at least 1, not {a.frames}")
     sd = sdlib.load(a.model, "cpu")

@@ -232,6 +232,14 @@ def test_mini_concept_names_reads_all_a_list_and_fails_on_nothing():
     for bad in ("purple,mauve", "", " , "):
         with pytest.raises(data.DataError):
             data.mini_concept_names(bad)
+    # the scripts' --concepts: the same names, and argparse's one-line error naming the unknown concept
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--concepts", type=data.mini_concepts_arg, default="all")
+    assert p.parse_args([]).concepts == data.MINI_CONCEPTS
+    assert p.parse_args(["--concepts", "purple,van gogh"]).concepts == ["purple", "van gogh"]
+    with pytest.raises(argparse.ArgumentTypeError, match="mauve"):
+        data.mini_concepts_arg("purple,mauve")
 
 
 def test_fallback_rate_scenes_leave_only_the_concept_unsaid():
