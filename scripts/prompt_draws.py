@@ -3,8 +3,8 @@
     python scripts/prompt_draws.py                        # '', 'a thing', DM2's anchor 'a photo' and other heads
     python scripts/prompt_draws.py --prompts "a photo" "an image"
 
-Per prompt, the share of pictures (one seed each, sampling guidance 5) whose shape, colour, style and background
-the mini judge reads as each value. A value that such a prompt draws often is the model's fallback when a caption
+Per prompt, the share of pictures (one seed each, sampling guidance --guidance, 5 by default) whose shape, colour,
+style and background the mini judge reads as each value. A value that such a prompt draws often is the model's fallback when a caption
 leaves that attribute unsaid (results/mini_v2/hard_concepts.md).
 """
 import argparse
@@ -20,6 +20,7 @@ import sd as sdlib  # noqa: E402
 
 PROMPTS = ["", "a thing", "a photo", "a picture", "an image", "a painting"]
 PICTURES = 48  # per prompt
+GUIDANCE = 5.0  # sampling guidance: every evaluation's (sd.generate's default); 1 is the conditional model alone
 SEED = 0
 
 
@@ -29,6 +30,7 @@ def main(argv=None):
     p.add_argument("--pictures", type=int, default=PICTURES)
     p.add_argument("--model", default=None, help="base model (default: the mini world)")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--guidance", type=float, default=GUIDANCE)
     a = p.parse_args(argv)
     if a.pictures < 1:
         sys.exit(f"--pictures must be at least 1, not {a.pictures}")
@@ -36,7 +38,8 @@ def main(argv=None):
     judge = judges.load_judge()
     print("| prompt | " + " | ".join(data.ATTRIBUTES) + " |\n|---" + "|---" * len(data.ATTRIBUTES) + "|")
     for prompt in a.prompts:
-        pictures = sdlib.generate(sd, [prompt] * a.pictures, [a.seed + i for i in range(a.pictures)], progress=False)
+        pictures = sdlib.generate(sd, [prompt] * a.pictures, [a.seed + i for i in range(a.pictures)],
+                                  guidance=a.guidance, progress=False)
         read = judges.judge_predict(judge, pictures)
         cells = []
         for attribute, values in data.ATTRIBUTES.items():
