@@ -4,8 +4,8 @@
     python scripts/prompt_draws.py --prompts "a photo" "an image"
 
 Per prompt, the share of pictures (one seed each, sampling guidance --guidance, 5 by default) whose shape, colour,
-style and background the mini judge reads as each value. A value that such a prompt draws often is the model's fallback when a caption
-leaves that attribute unsaid (results/mini_v2/hard_concepts.md).
+style and background the mini judge reads as each value. A value that such a prompt draws often is the model's
+fallback when a caption leaves that attribute unsaid (results/mini_v2/hard_concepts.md).
 """
 import argparse
 import collections
