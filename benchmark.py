@@ -45,14 +45,14 @@ BENCH_METHODS = {  # name in the table -> erase.py arguments ("base" is the uner
 BENCH_ATTACKS = report.ATTACKS
 BENCH_SEEDS = 1
 # --profile: the settings every cell gets before the user's --erase-args/--attack-args/--eval-args. full: each
-# script's defaults; quick: about half of every budget (DM2: all its loops on a smaller pool), 10 targets, one
-# picture per evaluation prompt; laptop: quick cut further for one seed of the matrix on 2 CPU cores (x_t by 25 DDIM
-# steps, judging once at the end, no grids).
+# script's defaults; quick: about half of the robust methods' budgets (DM2: all its loops on a smaller pool), 10
+# targets, one picture per evaluation prompt; laptop: quick cut further for one seed of the matrix on 2 CPU cores
+# (x_t by 25 DDIM steps, judging once at the end, no grids). A profile shortens a schedule only where the shortened
+# method was seen to erase (issue 22).
 # What each profile costs and how far its table is from full's: results/README.md
-_ESD_FAMILY_QUICK = {
-    "esd-x": ["--iterations", "100"], "esd-u": ["--iterations", "100"], "advunlearn": ["--iterations", "100"],
-    "stereo": ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"],
-}
+# The ESD family keeps its 200 iterations in every profile: at 100, ESD-x left seed 1's van gogh on 0.53 of its
+# named prompts where 200 erased it (0.00; docs/methods.md, stop 42)
+_STEREO_QUICK = ["--rounds", "2", "--ste-iterations", "50", "--ti-steps", "100", "--reo-iterations", "150"]
 _QUICK_ATTACKS = {  # "*" applies to every attack
     "*": ["--num-targets", "10"], "cce": ["--steps", "100", "--num-images", "32", "--batch", "4"],
     # UnlearnDiff keeps its default 10 timesteps: at 5 its ASR on ESD-x's van gogh fell from 0.42 to 0.18
@@ -69,11 +69,12 @@ _DM2_LAPTOP = [*_DM2_QUICK, "--dm2-max-loops", "3", "--dm2-circumvent-steps", "1
                "--dm2-lr", "0.01"]
 BENCH_PROFILES = {
     "full": {"erase": {}, "attack": {}, "eval": []},
-    "quick": {"erase": {**_ESD_FAMILY_QUICK, "dm2": _DM2_QUICK},  # a method not named runs its defaults
+    "quick": {"erase": {"stereo": _STEREO_QUICK, "dm2": _DM2_QUICK},  # a method not named runs its defaults
               "attack": _QUICK_ATTACKS, "eval": ["--num-seeds", "1", "--num-other", "30"]},
     "laptop": {"erase": {"*": ["--grid-seeds", "0"],  # "*" applies to every method
-                         **{m: [*args, "--ddim-steps", "25"] for m, args in _ESD_FAMILY_QUICK.items()},
-                         "ap": ["--ddim-steps", "25"], "dm2": _DM2_LAPTOP},
+                         "stereo": [*_STEREO_QUICK, "--ddim-steps", "25"],
+                         **{m: ["--ddim-steps", "25"] for m in ("esd-x", "esd-u", "advunlearn", "ap")},
+                         "dm2": _DM2_LAPTOP},
                "attack": {**_QUICK_ATTACKS, "unlearndiff": ["--timesteps", "5", "--check-every", "5"],
                           "p4d-n": ["--iterations", "50", "--check-every", "50"],
                           "p4d-k": ["--iterations", "50", "--check-every", "50"]},

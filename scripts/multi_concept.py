@@ -22,8 +22,8 @@ sys.path.insert(0, HERE)
 CONCEPTS = "van gogh,triangle,purple"  # one of each kind, so a joint run must serve a style, a shape and a colour
 METHODS = "uce"  # UCE's paper erases many concepts in one edit; it is also the cheapest run on 2 cores
 METHOD_ARGS = {"uce": ["--method", "uce"], "rece": ["--method", "rece"],
-               "esd-x": ["--method", "esd", "--train-method", "esd-x", "--iterations", "100"],  # the quick profile's
-               "esd-u": ["--method", "esd", "--train-method", "esd-u", "--iterations", "100"]}
+               "esd-x": ["--method", "esd", "--train-method", "esd-x"],  # ESD's 200 iterations, as every profile
+               "esd-u": ["--method", "esd", "--train-method", "esd-u"]}
 EVAL_ARGS = ["--num-seeds", "1", "--num-other", "30", "--num-implicit", "60"]  # the quick profile's evaluation
 
 
