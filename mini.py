@@ -532,6 +532,21 @@ def stage_unet(a, d, lat, tokenizer, vae, frozen_text=None):
     return ema_unet, ema_text, losses
 
 
+def unet_lineage(init_from, unet_steps):
+    """(UNet steps in all, the earlier fine-tunes' train_info records, oldest first) of a UNet trained unet_steps
+    from the pipeline folder init_from (None: from scratch). The earlier records come from the train_info.json beside
+    init_from (mini.py train writes it next to its pipeline/), so a chain of fine-tunes keeps its own history."""
+    if not init_from:
+        return unet_steps, []
+    path = os.path.join(os.path.dirname(os.path.abspath(init_from)), "train_info.json")
+    if not os.path.exists(path):
+        sys.exit(f"--init-from {init_from}: no {path} beside it, so the UNet's earlier steps are unknown; "
+                   "a pipeline that mini.py train did not write cannot be fine-tuned")
+    prior = json.load(open(path))
+    earlier = [{k: v for k, v in prior.items() if k not in ("history", "held_out")}]
+    return prior.get("unet_steps_total", prior["unet_steps"]) + unet_steps, prior.get("history", []) + earlier
+
+
 def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -557,6 +572,7 @@ def stage_export(a, vae, unet, text_encoder, tokenizer, losses):
             "reused_vae": a.reuse_vae, "reused_text": a.reuse_text,
             "init_from": a.init_from and os.path.relpath(a.init_from, HERE), "warmup": a.warmup,
             "final_loss_last200": float(np.mean(losses[-200:])) if losses else None}
+    info["unet_steps_total"], info["history"] = a.lineage
     json.dump(info, open(os.path.join(a.out, "train_info.json"), "w"), indent=1)
     log(f"saved {out}")
 
@@ -582,6 +598,7 @@ def cmd_train(a):
     if a.reuse_text and not os.path.exists(os.path.join(a.reuse_text, "config.json")):
         sys.exit(f"--reuse-text {a.reuse_text}: no config.json there; give a text_encoder folder, e.g. "
                  "mini/pipeline/text_encoder")
+    a.lineage = unet_lineage(a.init_from, a.unet_steps)  # read now: --out may be the folder beside --init-from
     torch.set_num_threads(a.threads)
     if a.bf16 is None:
         a.bf16 = native_bf16()

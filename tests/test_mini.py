@@ -255,3 +255,29 @@ def test_reuse_text_loads_that_encoder_frozen_and_refuses_bad_folders(tmp_path):
             mini.main(base + extra)
         assert words in str(e.value)
     assert not (tmp_path / "w").exists()
+
+
+def test_unet_lineage_chains_fine_tunes_and_refuses_an_unknown_start(tmp_path):
+    """A fine-tune's train_info counts every UNet step and keeps the earlier records, oldest first; a pipeline
+    without a train_info.json beside it stops mini.py train before any stage runs."""
+    import json
+    assert mini.unet_lineage(None, 1200) == (1200, [])
+    first = tmp_path / "first"
+    (first / "pipeline").mkdir(parents=True)
+    json.dump({"unet_steps": 1200, "held_out": [["circle", "red", "plain"]], "seed": 0},
+              open(first / "train_info.json", "w"))
+    total, history = mini.unet_lineage(str(first / "pipeline"), 1200)
+    assert total == 2400 and history == [{"unet_steps": 1200, "seed": 0}]
+    second = tmp_path / "second"
+    (second / "pipeline").mkdir(parents=True)
+    json.dump({"unet_steps": 1200, "unet_steps_total": total, "history": history, "seed": 1},
+              open(second / "train_info.json", "w"))
+    total, history = mini.unet_lineage(str(second / "pipeline"), 2000)
+    assert total == 4400
+    assert history == [{"unet_steps": 1200, "seed": 0}, {"unet_steps": 1200, "unet_steps_total": 2400, "seed": 1}]
+    (tmp_path / "bare" / "pipeline").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        mini.main(["train", "--init-from", str(tmp_path / "bare" / "pipeline"), "--out", str(tmp_path / "o"),
+                   "--work", str(tmp_path / "w")])
+    assert "no " in str(e.value) and "train_info.json" in str(e.value)
+    assert not (tmp_path / "w").exists()
