@@ -2,6 +2,7 @@
 
     python scripts/pad_probe.py                                   # the committed mini model
     python scripts/pad_probe.py --model A/pipeline --judge A      # another mini pipeline and its judge
+    python scripts/pad_probe.py --weights runs/esd_purple --concepts purple   # an erased model: which route is left
 
 An intervention in the text encoder's output, as in "Padding Tone" (Toker et al., 2025): encode a prompt, replace
 some positions by the "clean" positions of the empty prompt (what the UNet sees where a prompt says nothing), and
@@ -45,6 +46,8 @@ def mixed(cond, clean, eos, variant):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="mini pipeline folder (default: the committed mini model)")
+    p.add_argument("--weights", default=None, metavar="RUN",
+                   help="an erase.py run folder applied to the model: which positions still carry the concept")
     p.add_argument("--judge", default=None, help="folder with judge.safetensors (default: mini/)")
     p.add_argument("--concepts", default=",".join(CONCEPTS), help="comma-separated mini concepts")
     p.add_argument("--prompts", type=int, default=PROMPTS)
@@ -58,14 +61,14 @@ def main():
     if a.prompts < 1:
         sys.exit("--prompts must be at least 1")
     try:
-        sd = sdlib.load(a.model)
+        sd = sdlib.load(a.model, weights=a.weights)
         judge = judges.load_judge(a.judge or judges.MINI_DIR)
     except (sdlib.LoadError, FileNotFoundError, OSError) as e:
         sys.exit(f"pad_probe: {e}")
     eos_id = sd.tokenizer.eos_token_id
     with torch.no_grad():
         clean = sdlib.encode(sd, [""])
-    print(f"model {a.model or 'mini/pipeline'}; {a.prompts} prompts per set, one picture each, DDIM {STEPS}, "
+    print(f"model {a.model or 'mini/pipeline'}" + (f" + {a.weights}" if a.weights else "") + f"; {a.prompts} prompts per set, one picture each, DDIM {STEPS}, "
           f"guidance {GUIDANCE}\n")
     print("| concept | prompts | " + " | ".join(VARIANTS) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))
