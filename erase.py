@@ -95,6 +95,7 @@ DM2_OPTIMIZER = "adam"  # circumventing's optimiser: adam, or sgd (the paper's; 
 DM2_LR_END = None  # circumventing's lr drops to this at DM2_DECAY_AT of each loop's steps (None: constant DM2_LR)
 DM2_DECAY_AT = 0.8
 DM2_CLIP = None  # gradient-norm clip of circumventing (None: none)
+DM2_LOSS = "mean"  # circumventing's squared error: mean over latent elements, or sum (the paper's ||.||_2^2 per x_t)
 DM2_ALPHA_C, DM2_ALPHA_P = 1.0, 0.5  # weights of the circumvent and preserve terms
 DM2_NEWEST_PROB = 0.7  # a circumvent step uses the newest embedding with this probability, an older one otherwise
 DM2_MAX_LOOPS = 10
@@ -125,11 +126,13 @@ PAPER_SCHEDULE = {
     # DM2, Meng et al. 2024, Appendix A. Not stated there, so ours stay: the pool's size (--dm2-pool; the paper's
     # prompt is "a * photo"), the tokens per embedding L (--dm2-tokens 16; Table S4's L = 32 row scores the 12.07 of
     # the rows marked "used", a hint, not a statement), the pictures per verification, SGD's momentum (none), and a
-    # cap on the loops (the paper has none: 48 loops at tau 0.2 in Table S3; --dm2-max-loops stays 10).
+    # cap on the loops (the paper has none: 48 loops at tau 0.2 in Table S3; --dm2-max-loops stays 10). Its loss is
+    # the squared L2 norm per x_t (eqs. 7-8, dm2_loss "sum"): with the mean over the mini latent's 1,024 elements
+    # instead, SGD at lr 0.01 moved the LoRA by 0.5% of what Adam's default did in one loop (docs/methods.md).
     "dm2": dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
                 dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
                 dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd", dm2_lr=0.01,
-                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5,
+                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_loss="sum", dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5,
                 dm2_anchor="a photo"),
     # STEREO, the public code (koushiksrivats/robust-concept-erasing: train.py's defaults, utils/stereo.py). Its
     # ESD target is APG's normalized_guidance(e(c), e(0), 2) = e(c) - (2 - 1)(e(c) - e(0)) = e(0), which is
@@ -671,8 +674,8 @@ def dm2(sd, concept, a, state):
             # one call of the trained model: c (circumvent: should predict what the original does for c0), then
             # the preserve terms (c0, 0*c, -c: should predict what the original does for each of them)
             pred = sdlib.eps(sd, sd.unet, torch.cat([z, zk]), t.repeat(4), torch.cat([c, kept]))
-            circumvent = torch.nn.functional.mse_loss(pred[:b], target[:b])
-            preserve = 3 * torch.nn.functional.mse_loss(pred[b:], target)  # the sum of the terms (mean over x_t)
+            circumvent = losses.dm2_squared_error(pred[:b], target[:b], a.dm2_loss)
+            preserve = 3 * losses.dm2_squared_error(pred[b:], target, a.dm2_loss)  # the three terms' sum
             loss = a.dm2_alpha_c * circumvent + a.dm2_alpha_p * preserve
             if a.dm2_lr_end is not None:  # the step's rate: DM2_LR, then DM2_LR_END from DM2_DECAY_AT on
                 for group in opt.param_groups:
@@ -1043,6 +1046,9 @@ def parse(argv=None):
     g.add_argument("--dm2-lr-end", type=float, default=DM2_LR_END,
                    help="circumventing's lr drops to this at --dm2-decay-at of each loop's steps (default: constant)")
     g.add_argument("--dm2-decay-at", type=float, default=DM2_DECAY_AT, help="a fraction of the steps")
+    g.add_argument("--dm2-loss", default=DM2_LOSS, choices=["mean", "sum"],
+                   help="circumventing's squared error per x_t: the mean over its latent elements, or their sum (the "
+                        "paper's squared L2 norm, against which its SGD lr is set)")
     g.add_argument("--dm2-clip", type=float, default=DM2_CLIP,
                    help="circumventing's gradient-norm clip (default: none)")
     g.add_argument("--dm2-newest-prob", type=float, default=DM2_NEWEST_PROB,

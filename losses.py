@@ -24,6 +24,14 @@ def stereo_reo_target(e_uncond, e_anchors, e_erase, s_anchor, s_erase):
     return e_uncond + s_anchor * anchor - s_erase * erase
 
 
+def dm2_squared_error(e_pred, e_target, reduction="mean"):
+    """DM2 (Meng et al. 2024), eqs. 7-8: E || e_theta(x_t | t, c) - e_theta'(x_t | t, c0) ||_2^2. "sum": each x_t's
+    squared L2 norm over its latent elements, averaged over the batch (the paper's norm; SGD's lr 0.01 is set against
+    it, so it scales with the latent's size); "mean": averaged over the elements too (a step size that does not)."""
+    err = (e_pred - e_target.detach()).pow(2)
+    return err.mean() if reduction == "mean" else err.flatten(1).sum(1).mean()
+
+
 def denoising_loss(e_pred, noise):
     """DDPM / textual inversion (Gal et al. 2023), used by CCE and UnlearnDiff: || e_theta(z_t, t, c) - e ||^2."""
     return F.mse_loss(e_pred, noise)

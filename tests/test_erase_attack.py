@@ -522,7 +522,7 @@ def test_ap_candidates_on_a_real_size_vocabulary_encode_a_shortlist(tiny_sd):
 DM2_APPENDIX_A = dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
                       dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
                       dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd",
-                      dm2_lr=0.01, dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_rank=8,
+                      dm2_lr=0.01, dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_loss="sum", dm2_rank=8,
                       dm2_alpha_c=1.0, dm2_alpha_p=0.5)
 
 
@@ -534,8 +534,8 @@ def test_schedule_paper_sets_the_papers_numbers():
     for argv in ([], ["--schedule", "default"]):
         d = erase.parse(["--method", "dm2", "--concept", "van gogh", *argv])
         assert (d.schedule, d.dm2_optimizer, d.dm2_lr, d.dm2_lr_end, d.dm2_clip, d.dm2_mine_decay,
-                d.dm2_circumvent_steps, d.dm2_batch, d.dm2_mine_steps) == \
-            ("default", "adam", 3e-3, None, None, "linear", 300, 4, 100)
+                d.dm2_circumvent_steps, d.dm2_batch, d.dm2_mine_steps, d.dm2_loss) == \
+            ("default", "adam", 3e-3, None, None, "linear", 300, 4, 100, "mean")
     s = erase.parse(["--method", "stereo", "--concept", "van gogh", "--schedule", "paper"])
     assert (s.rounds, s.ste_iterations, s.ste_lr, s.ddim_steps, s.start_guidance, s.batch, s.ti_steps, s.ti_lr,
             s.ti_images, s.ti_batch, s.reo_iterations, s.lr, s.stereo_optimizer, s.anchor_scale,

@@ -90,3 +90,18 @@ def test_sampling_esds_target_is_negative_guidance():
     for eta, guidance in ((1.0, 5.0), (2.0, 5.0), (0.5, 7.5)):
         ideal = e0 + guidance * (losses.esd_target(e0, ec, eta) - e0)
         torch.testing.assert_close(ideal, e0 + (-guidance * eta) * (ec - e0))
+
+
+def test_dm2_squared_error_mean_and_the_papers_norm():
+    """"sum" is each x_t's squared L2 norm averaged over the batch (DM2's eqs. 7-8): the mean's value times the
+    elements of one latent, so SGD's step with it grows with the latent's size and Adam's does not."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    by_hand = sum(float(((pred[i] - target[i]) ** 2).sum()) for i in range(3)) / 3
+    assert abs(float(losses.dm2_squared_error(pred, target, "sum")) - by_hand) < 1e-3
+    mean = losses.dm2_squared_error(pred, target)
+    torch.testing.assert_close(mean, torch.nn.functional.mse_loss(pred, target))
+    torch.testing.assert_close(losses.dm2_squared_error(pred, target, "sum"), mean * 4 * 8 * 8)
+    p = pred.clone().requires_grad_(True)
+    losses.dm2_squared_error(p, target).backward()
+    assert p.grad is not None and float(losses.dm2_squared_error(target, target, "sum")) == 0.0
