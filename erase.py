@@ -134,8 +134,8 @@ PAPER_SCHEDULE = {
     "dm2": dict(dm2_mine_images=3, dm2_mine_steps=1000, dm2_mine_lr=0.1, dm2_mine_lr_end=0.01,
                 dm2_mine_decay="step", dm2_mine_decay_at=0.5, dm2_mine_clip=10.0, dm2_threshold=0.2,
                 dm2_newest_prob=0.7, dm2_circumvent_steps=1000, dm2_batch=1, dm2_optimizer="sgd", dm2_lr=0.01,
-                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_loss="sum", dm2_rank=8, dm2_alpha_c=1.0, dm2_alpha_p=0.5,
-                dm2_anchor="a photo"),
+                dm2_lr_end=0.001, dm2_decay_at=0.8, dm2_clip=100.0, dm2_loss="sum", dm2_rank=8, dm2_alpha_c=1.0,
+                dm2_alpha_p=0.5, dm2_anchor="a photo"),
     # STEREO, the public code (koushiksrivats/robust-concept-erasing: train.py's defaults, utils/stereo.py). Its
     # ESD target is APG's normalized_guidance(e(c), e(0), 2) = e(c) - (2 - 1)(e(c) - e(0)) = e(0), which is
     # ESD's e(0) - eta (e(c) - e(0)) at eta = 0, not 2: "negative guidance 2" counts from e(c), as its

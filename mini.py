@@ -541,7 +541,7 @@ def unet_lineage(init_from, unet_steps):
     path = os.path.join(os.path.dirname(os.path.abspath(init_from)), "train_info.json")
     if not os.path.exists(path):
         sys.exit(f"--init-from {init_from}: no {path} beside it, so the UNet's earlier steps are unknown; "
-                   "a pipeline that mini.py train did not write cannot be fine-tuned")
+                 "a pipeline that mini.py train did not write cannot be fine-tuned")
     prior = json.load(open(path))
     earlier = [{k: v for k, v in prior.items() if k not in ("history", "held_out")}]
     return prior.get("unet_steps_total", prior["unet_steps"]) + unet_steps, prior.get("history", []) + earlier
