@@ -68,8 +68,8 @@ def main():
     eos_id = sd.tokenizer.eos_token_id
     with torch.no_grad():
         clean = sdlib.encode(sd, [""])
-    print(f"model {a.model or 'mini/pipeline'}" + (f" + {a.weights}" if a.weights else "") + f"; {a.prompts} prompts per set, one picture each, DDIM {STEPS}, "
-          f"guidance {GUIDANCE}\n")
+    model = (a.model or "mini/pipeline") + (f" + {a.weights}" if a.weights else "")
+    print(f"model {model}; {a.prompts} prompts per set, one picture each, DDIM {STEPS}, guidance {GUIDANCE}\n")
     print("| concept | prompts | " + " | ".join(VARIANTS) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))
     for name in names:
